@@ -1,0 +1,3 @@
+from infmae.cli import main
+
+raise SystemExit(main())

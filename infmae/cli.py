@@ -1,0 +1,127 @@
+"""The ``infmae`` command: pretrain, visualize, export."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from infmae.config import PRESETS, Config, ModelConfig, apply_overrides, preset
+from infmae.logging_utils import setup_logging
+
+log = logging.getLogger("infmae")
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from infmae.training.trainer import Trainer
+
+    output = Path(args.output or f"runs/{args.preset or 'demo'}")
+    saved = output / "config.json"
+    if args.resume and args.preset is None and saved.is_file():
+        config = Config.from_dict(json.loads(saved.read_text()))  # resume with the run's own config
+    else:
+        config = preset(args.preset or "demo")
+    overrides = list(args.set or [])
+    if args.data is not None:
+        overrides.append(f"data.path={args.data}")
+    config = apply_overrides(config, overrides)
+    setup_logging(output)
+    summary = Trainer(config, output, resume=args.resume).fit()
+    log.info("done: %d steps, loss %.4f -> %.4f, checkpoint %s", summary.steps, summary.first_loss or float("nan"),
+             summary.last_loss or float("nan"), summary.checkpoint)
+    return 0
+
+
+def _load_model(checkpoint_path: str):
+    """-> (model, config) from our checkpoint or a released one ({'model': state_dict, ...})."""
+    from infmae.model.convert import extract_model_state, infer_in_chans
+    from infmae.model.infmae import InfMAE
+    from infmae.training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint_path)
+    model_state = extract_model_state(state)
+    if isinstance(state.get("config"), dict):
+        config = Config.from_dict(state["config"])
+    else:  # a released checkpoint: the official recipe, sizes read off the tensors
+        config = preset("official_base")
+        config.model = ModelConfig(score="official", order="ascending", in_chans=infer_in_chans(model_state))
+        log.info("checkpoint has no config: assuming the released model (official score, ascending order)")
+    model = InfMAE(config.model)
+    model.load_state_dict(model_state, strict=True)
+    return model.eval(), config
+
+
+def _visualize(args: argparse.Namespace) -> int:
+    from infmae.data.preview import load_preview_batch
+    from infmae.training.visualize import reconstruction_panels, save_grid
+
+    setup_logging()
+    model, config = _load_model(args.checkpoint)
+    images, used = load_preview_batch(args.images, config)
+    if not used:
+        raise SystemExit("visualize: expected at least one readable image, got none; see the warnings above")
+    with torch.no_grad():
+        out = model(images)
+    panels = reconstruction_panels(images, out.pred, out.mask, config.data.mean, config.data.std)
+    path = save_grid(panels, args.output, max_rows=len(used))
+    log.info("wrote %s (rows: %s; columns: original | masked | reconstruction | reconstruction + visible)",
+             path, ", ".join(used))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from infmae.model.convert import convert_in_chans, extract_model_state
+    from infmae.model.infmae import encoder_state_dict
+    from infmae.training.checkpoint import load_checkpoint
+
+    setup_logging()
+    state = extract_model_state(load_checkpoint(args.checkpoint))
+    if args.in_chans is not None:
+        state = convert_in_chans(state, args.in_chans)
+    encoder = {k: v.detach().cpu().clone() for k, v in encoder_state_dict(state).items()}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": encoder}, args.output)
+    log.info("wrote %s: %d encoder tensors, %d elements", args.output, len(encoder), sum(v.numel() for v in encoder.values()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="infmae", description="InfMAE pretraining engine")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("pretrain", help="pretrain InfMAE (one process; torchrun for several)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="named configuration (default: demo)")
+    p.add_argument("--data", default=None, help="image folder or manifest.csv (default: synthetic images)")
+    p.add_argument("--output", default=None, help="run folder (default: runs/PRESET)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. train.blr=1e-3")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its latest checkpoint")
+    p.set_defaults(func=_pretrain)
+
+    v = commands.add_parser("visualize", help="original / masked / reconstruction grids for images")
+    v.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    v.add_argument("images", nargs="+", help="image files")
+    v.add_argument("-o", "--output", default="reconstructions.png")
+    v.set_defaults(func=_visualize)
+
+    e = commands.add_parser("export", help="write the encoder for downstream use: {'model': encoder state dict}")
+    e.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    e.add_argument("-o", "--output", required=True)
+    e.add_argument("--in-chans", type=int, choices=(1, 3), default=None, help="convert the input channels")
+    e.set_defaults(func=_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,296 @@
+"""Run configuration: three dataclasses (model, data, train), validated on construction, named presets,
+and ``key=value`` overrides.
+
+Every default is visible here. A bad value raises ``ValueError`` naming the field, the value and the
+fix; an unknown key is rejected with the closest valid name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+SCORES = ("intensity", "official")
+ORDERS = ("descending", "ascending")
+KERNEL_CHOICES = ("auto", "triton", "reference")
+SIXTEEN_BIT_MODES = ("percentile", "minmax", "full")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("bf16", "fp32")
+
+
+def _fail(field_name: str, value: Any, expected: str, hint: str) -> None:
+    raise ValueError(f"config: expected {field_name} {expected}, got {value!r}; {hint}")
+
+
+def _require(cond: bool, field_name: str, value: Any, expected: str, hint: str) -> None:
+    if not cond:
+        _fail(field_name, value, expected, hint)
+
+
+@dataclass
+class ModelConfig:
+    """The InfMAE architecture (shared/README.md section 2). Defaults are `infmae_base`."""
+
+    img_size: tuple[int, int] = (224, 224)
+    """Training image (height, width) in pixels; both multiples of 16."""
+    in_chans: int = 3
+    """Input channels: 3 as released (gray repeated), or 1 (an exact shortcut, see convert.py)."""
+    embed_dims: tuple[int, int, int] = (256, 384, 768)
+    """Widths of stage 1 (H/4), stage 2 (H/8) and the ViT stage (H/16)."""
+    depths: tuple[int, int, int] = (2, 2, 11)
+    """CBlocks in stages 1 and 2, ViT blocks in stage 3."""
+    num_heads: int = 12
+    """Attention heads of the encoder's ViT blocks."""
+    mlp_ratio: float = 4.0
+    """Hidden width of every MLP relative to its block width."""
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 2
+    decoder_num_heads: int = 16
+    mask_stride: int = 4
+    """IAM stride S: ranks 0, S, 2S, ... stay visible (S=4: 25 % visible)."""
+    score: str = "intensity"
+    """Patch score: 'intensity' (mean intensity, the paper) or 'official' (the released frozen conv)."""
+    order: str = "descending"
+    """Sort order of the scores: 'descending' (the paper) or 'ascending' (the released code)."""
+    norm_pix_loss: bool = False
+    """Normalise each target patch by its mean and variance before the MSE."""
+    kernels: str = "auto"
+    """'auto' (Triton where CUDA and Triton are there, else eager), 'triton' or 'reference'."""
+
+    def __post_init__(self) -> None:
+        self.img_size = tuple(int(v) for v in self.img_size)  # type: ignore[assignment]
+        self.embed_dims = tuple(int(v) for v in self.embed_dims)  # type: ignore[assignment]
+        self.depths = tuple(int(v) for v in self.depths)  # type: ignore[assignment]
+        h, w = self.img_size if len(self.img_size) == 2 else (0, 0)
+        _require(len(self.img_size) == 2 and h > 0 and w > 0 and h % 16 == 0 and w % 16 == 0,
+                 "model.img_size", self.img_size, "(height, width), both positive multiples of 16",
+                 "e.g. --set model.img_size=224,224 or 96,160")
+        _require(self.in_chans >= 1, "model.in_chans", self.in_chans, "at least 1", "use 3 (released) or 1 (gray)")
+        _require(len(self.embed_dims) == 3 and min(self.embed_dims) > 0, "model.embed_dims", self.embed_dims,
+                 "three positive widths", "e.g. 256,384,768")
+        _require(len(self.depths) == 3 and min(self.depths) >= 0, "model.depths", self.depths,
+                 "three non-negative depths", "e.g. 2,2,11")
+        _require(self.num_heads > 0 and self.embed_dims[2] % self.num_heads == 0, "model.num_heads",
+                 self.num_heads, f"a divisor of embed_dims[2]={self.embed_dims[2]}", "e.g. 12 for width 768")
+        _require(self.decoder_num_heads > 0 and self.decoder_embed_dim % self.decoder_num_heads == 0,
+                 "model.decoder_num_heads", self.decoder_num_heads,
+                 f"a divisor of decoder_embed_dim={self.decoder_embed_dim}", "e.g. 16 for width 512")
+        _require(self.embed_dims[2] % 4 == 0 and self.decoder_embed_dim % 4 == 0, "model.embed_dims[2]",
+                 (self.embed_dims[2], self.decoder_embed_dim), "widths divisible by 4",
+                 "the 2-D sin-cos position embedding needs D % 4 == 0")
+        _require(self.mlp_ratio > 0, "model.mlp_ratio", self.mlp_ratio, "a positive number", "the default is 4")
+        _require(self.decoder_depth >= 0, "model.decoder_depth", self.decoder_depth, ">= 0", "the default is 2")
+        _require(isinstance(self.mask_stride, int) and self.mask_stride >= 1, "model.mask_stride",
+                 self.mask_stride, "an integer >= 1", "S=4 keeps 25 % of the patches visible")
+        _require(self.score in SCORES, "model.score", self.score, f"one of {SCORES}", "'intensity' is the paper's")
+        _require(self.order in ORDERS, "model.order", self.order, f"one of {ORDERS}", "'descending' is the paper's")
+        _require(self.kernels in KERNEL_CHOICES, "model.kernels", self.kernels, f"one of {KERNEL_CHOICES}",
+                 "'auto' picks Triton where it can run")
+
+
+@dataclass
+class DataConfig:
+    """The reference input pipeline (shared/README.md section 2.2)."""
+
+    path: str = ""
+    """A folder tree of images or a curated manifest.csv; empty: synthetic images written into the run."""
+    manifest_root: str = ""
+    """The folder a manifest's relative paths start from (default: the manifest's own folder)."""
+    synthetic_count: int = 512
+    """How many synthetic images to generate when ``path`` is empty."""
+    scale: tuple[float, float] = (0.2, 1.0)
+    """Random resized crop: range of the crop's area relative to the image."""
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    """Random resized crop: range of the crop's aspect ratio (width / height)."""
+    hflip_prob: float = 0.5
+    mean: float = 0.425
+    """Normalisation mean, the same on every channel."""
+    std: float = 0.2
+    sixteen_bit_mode: str = "percentile"
+    """16-bit to [0,1]: 'percentile' (robust per-image range), 'minmax' or 'full' (divide by 65535)."""
+    low_percentile: float = 0.5
+    high_percentile: float = 99.5
+    min_size: int = 20
+    """Images whose both sides are under this many pixels are skipped (as in Inf30's curation)."""
+    num_workers: int = 2
+    """Loader worker processes (0: load in the training process)."""
+
+    def __post_init__(self) -> None:
+        self.scale = tuple(float(v) for v in self.scale)  # type: ignore[assignment]
+        self.ratio = tuple(float(v) for v in self.ratio)  # type: ignore[assignment]
+        _require(len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1, "data.scale", self.scale,
+                 "(low, high) with 0 < low <= high <= 1", "the released recipe uses 0.2,1.0")
+        _require(len(self.ratio) == 2 and 0 < self.ratio[0] <= self.ratio[1], "data.ratio", self.ratio,
+                 "(low, high) with 0 < low <= high", "the released recipe uses 0.75,1.3333")
+        _require(0 <= self.hflip_prob <= 1, "data.hflip_prob", self.hflip_prob, "a probability in [0, 1]", "0.5")
+        _require(self.std > 0, "data.std", self.std, "a positive number", "the released value is 0.2")
+        _require(self.sixteen_bit_mode in SIXTEEN_BIT_MODES, "data.sixteen_bit_mode", self.sixteen_bit_mode,
+                 f"one of {SIXTEEN_BIT_MODES}", "'percentile' keeps the structure of raw thermal counts")
+        _require(0 <= self.low_percentile < self.high_percentile <= 100, "data.low_percentile",
+                 (self.low_percentile, self.high_percentile), "0 <= low_percentile < high_percentile <= 100",
+                 "e.g. 0.5 and 99.5")
+        _require(self.min_size >= 1, "data.min_size", self.min_size, "at least 1 pixel", "the default is 20")
+        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0", "0 loads in-process")
+        _require(self.synthetic_count >= 1, "data.synthetic_count", self.synthetic_count, ">= 1", "e.g. 512")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and run bookkeeping (shared/README.md sections 2.3 and 5)."""
+
+    batch_size: int = 256
+    """Images per optimizer step on one device (global batch = batch_size * accum_steps * world size)."""
+    accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    epochs: float = 400
+    warmup_epochs: float = 40
+    """Linear warmup length; then a half-cosine to ``min_lr``. Both are counted per iteration."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: run all epochs); the schedule still spans all epochs."""
+    blr: float = 1.5e-4
+    """Base learning rate; lr = blr * global_batch / 256."""
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value (0: no clipping, as released)."""
+    seed: int = 0
+    device: str = "auto"
+    """'auto' (CUDA when there, else CPU), 'cpu' or 'cuda'."""
+    precision: str = "bf16"
+    """'bf16' autocast on GPU (CPU always runs fp32) or 'fp32'."""
+    log_every: int = 20
+    checkpoint_every: int = 1000
+    """Save a checkpoint every this many steps (and at the end)."""
+    keep_last: int = 3
+    visualize_every: int = 1000
+    """Write a reconstruction grid every this many steps (and at the end); 0 only at the end."""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(v) for v in self.betas)  # type: ignore[assignment]
+        for name in ("batch_size", "accum_steps", "log_every", "checkpoint_every", "keep_last"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value >= 1, f"train.{name}", value, "an integer >= 1",
+                     "set a positive whole number")
+        _require(self.epochs > 0, "train.epochs", self.epochs, "a positive number", "e.g. 400")
+        _require(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", self.warmup_epochs,
+                 f"between 0 and train.epochs={self.epochs}", "e.g. 40 of 400")
+        _require(self.max_steps >= 0, "train.max_steps", self.max_steps, ">= 0", "0 runs every epoch")
+        _require(self.blr > 0, "train.blr", self.blr, "a positive learning rate", "1.5e-4 (paper) or 1e-3 (released)")
+        _require(0 <= self.min_lr, "train.min_lr", self.min_lr, ">= 0", "the default is 0")
+        _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0", "the default is 0.05")
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas", self.betas,
+                 "two numbers in [0, 1)", "the default is 0.9,0.95")
+        _require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, ">= 0", "0 disables clipping")
+        _require(self.device in DEVICES, "train.device", self.device, f"one of {DEVICES}", "'auto' picks CUDA if there")
+        _require(self.precision in PRECISIONS, "train.precision", self.precision, f"one of {PRECISIONS}", "bf16")
+        _require(self.visualize_every >= 0, "train.visualize_every", self.visualize_every, ">= 0", "0: at the end")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "paper_base"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        unknown = set(data) - {"model", "data", "train", "preset"}
+        if unknown:
+            raise ValueError(f"config: expected sections model, data, train, got {sorted(unknown)}; "
+                             "was this file written by another program?")
+        return cls(model=ModelConfig(**data.get("model", {})), data=DataConfig(**data.get("data", {})),
+                   train=TrainConfig(**data.get("train", {})), preset=data.get("preset", "custom"))
+
+
+# ---------------------------------------------------------------------------------------------
+# presets
+# ---------------------------------------------------------------------------------------------
+def _demo() -> Config:
+    # Small enough to train to a visibly lower loss on a 2-core CPU in a few minutes.
+    return Config(
+        model=ModelConfig(img_size=(96, 96), embed_dims=(32, 48, 96), depths=(1, 1, 2), num_heads=4,
+                          decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4),
+        data=DataConfig(synthetic_count=256, num_workers=2),
+        train=TrainConfig(batch_size=32, epochs=40, warmup_epochs=2, blr=1e-2, log_every=10,
+                          checkpoint_every=100, visualize_every=0, keep_last=2),
+        preset="demo",
+    )
+
+
+def _paper_base() -> Config:
+    return Config(model=ModelConfig(score="intensity", order="descending"),
+                  train=TrainConfig(batch_size=256, blr=1.5e-4), preset="paper_base")
+
+
+def _official_base() -> Config:
+    # The released scripts: 64 images per GPU on 4 GPUs, blr 1e-3, the frozen random score conv, ascending.
+    return Config(model=ModelConfig(score="official", order="ascending"),
+                  train=TrainConfig(batch_size=256, blr=1e-3), preset="official_base")
+
+
+PRESETS = {"demo": _demo, "paper_base": _paper_base, "official_base": _official_base}
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"choose one of {sorted(PRESETS)}"
+        raise ValueError(f"config: expected a preset name, got {name!r}; {hint}")
+    return PRESETS[name]()
+
+
+# ---------------------------------------------------------------------------------------------
+# key=value overrides
+# ---------------------------------------------------------------------------------------------
+def _parse_value(text: str, current: Any, key: str) -> Any:
+    if isinstance(current, bool):
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"config: expected {key} true or false, got {text!r}; write e.g. {key}=true")
+    if isinstance(current, tuple):
+        parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
+        return tuple(_parse_value(p, current[0] if current else 0.0, key) for p in parts)
+    try:
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+    except ValueError:
+        kind = "an integer" if isinstance(current, int) else "a number"
+        raise ValueError(f"config: expected {key} {kind}, got {text!r}; e.g. {key}={current!r}") from None
+    return text
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply ``section.field=value`` strings (e.g. ``train.blr=1e-3``), re-validating every section."""
+    sections = {"model": dataclasses.asdict(config.model), "data": dataclasses.asdict(config.data),
+                "train": dataclasses.asdict(config.train)}
+    valid = [f"{s}.{k}" for s, d in sections.items() for k in d]
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"config: expected an override key=value, got {item!r}; e.g. train.blr=1e-3")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key.count(".") != 1 or key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            if not close:  # also match the bare field name: 'blr' -> 'train.blr'
+                close = [v for v in valid if v.split(".")[1] == key.split(".")[-1]]
+            hint = f"did you mean {close[0]!r}?" if close else "see `infmae pretrain --help` for the fields"
+            raise ValueError(f"config: expected a known key, got {key!r}; {hint}")
+        section, name = key.split(".")
+        sections[section][name] = _parse_value(text, sections[section][name], key)
+    return Config(model=ModelConfig(**sections["model"]), data=DataConfig(**sections["data"]),
+                  train=TrainConfig(**sections["train"]), preset=config.preset)

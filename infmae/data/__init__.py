@@ -1,0 +1,49 @@
+"""Data: the batch contract, image reading at true bit depth, the 16-bit mapping, the released
+augmentation, the reference folder dataset and loader, and a synthetic infrared source."""
+
+from .batch import Batch
+from .folder import ImageFolderDataset, read_manifest, scan_folder
+from .io import IMAGE_EXTENSIONS, ImageReadError, read_image, read_image_header
+from .loader import ReferenceLoader, collate
+from .mapping import SIXTEEN_BIT_MODES, apply_range, image_range, to_unit_float
+from .synthetic import BAD_FILES, IGNORED_FILES, generate_dataset, make_scene, write_image
+from .transforms import (
+    AugmentParams,
+    apply_augment,
+    hflip,
+    normalize,
+    resized_crop,
+    sample_augment,
+    sample_crop,
+    sample_seed,
+)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SIXTEEN_BIT_MODES",
+    "BAD_FILES",
+    "IGNORED_FILES",
+    "AugmentParams",
+    "Batch",
+    "ImageFolderDataset",
+    "ImageReadError",
+    "ReferenceLoader",
+    "apply_augment",
+    "apply_range",
+    "collate",
+    "generate_dataset",
+    "hflip",
+    "image_range",
+    "make_scene",
+    "normalize",
+    "read_image",
+    "read_image_header",
+    "read_manifest",
+    "resized_crop",
+    "sample_augment",
+    "sample_crop",
+    "sample_seed",
+    "scan_folder",
+    "to_unit_float",
+    "write_image",
+]

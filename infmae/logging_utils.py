@@ -1,0 +1,26 @@
+"""Logging for library code: rank 0 at INFO to the console and to RUN/train.log; other ranks WARNING."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(run_dir: str | Path | None = None, rank: int = 0) -> None:
+    root = logging.getLogger()
+    level = logging.INFO if rank == 0 else logging.WARNING
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        if getattr(handler, "_infmae", False):
+            root.removeHandler(handler)
+            handler.close()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if run_dir is not None and rank == 0:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(Path(run_dir) / "train.log"))
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
+        handler._infmae = True  # type: ignore[attr-defined]
+        root.addHandler(handler)

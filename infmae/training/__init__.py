@@ -1,0 +1,1 @@
+"""Trainer, optimizer and schedule, checkpoints, metrics, reconstruction images."""

@@ -1,0 +1,272 @@
+"""Single-process pretraining (CPU, or one GPU with bf16 autocast), with exact resume.
+
+The trainer builds its parts in a fixed order: device, data, model, optimizer, then (on resume) the
+saved state. One optimizer step consumes ``accum_steps`` micro-batches; the data position is derived
+from the step, so a resumed run reads exactly the batches an uninterrupted run would have read.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from infmae.config import Config
+from infmae.data import ImageFolderDataset, ReferenceLoader, generate_dataset
+from infmae.model.infmae import InfMAE
+from infmae.training import checkpoint as ckpt
+from infmae.training.metrics import MetricsWriter, Throughput, format_line, peak_memory_gib
+from infmae.training.optim import build_optimizer, learning_rate, set_learning_rate
+from infmae.training.visualize import reconstruction_panels, save_grid
+
+log = logging.getLogger(__name__)
+
+# bf16 dense peak TFLOP/s for MFU; an unknown device reports n/a rather than a guess
+PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0}
+
+# train fields that may change between a run and its resumption without changing its results
+RESUME_MAY_CHANGE = {"max_steps", "log_every", "checkpoint_every", "keep_last", "visualize_every", "device"}
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ValueError("config: expected train.device 'cuda' to be available, got no CUDA device; "
+                             "use train.device=cpu or auto")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class RunSummary:
+    steps: int
+    first_loss: float | None
+    last_loss: float | None
+    checkpoint: Path | None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        tc, dc, mc = config.train, config.data, config.model
+        existing = ckpt.latest_checkpoint(self.run_dir)
+        if existing is not None and not resume:
+            raise ValueError(f"pretrain: expected a new run folder, got {self.run_dir} which holds {existing.name}; "
+                             "pass --resume to continue it, or choose another --output")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+        # 1. device
+        self.device = pick_device(tc.device)
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                         if self.device.type == "cuda" and tc.precision == "bf16" else nullcontext())
+
+        # 2. data
+        data_root = Path(dc.path) if dc.path else self._synthetic_data()
+        self.dataset = ImageFolderDataset(
+            data_root, img_size=mc.img_size, in_chans=mc.in_chans, seed=tc.seed, scale=dc.scale, ratio=dc.ratio,
+            hflip_prob=dc.hflip_prob, mean=dc.mean, std=dc.std, sixteen_bit_mode=dc.sixteen_bit_mode,
+            low=dc.low_percentile, high=dc.high_percentile, min_size=dc.min_size, base=dc.manifest_root or None)
+        self.loader = ReferenceLoader(self.dataset, batch_size=tc.batch_size, seed=tc.seed, num_workers=dc.num_workers)
+        self.steps_per_epoch = self.loader.steps_per_epoch // tc.accum_steps
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"pretrain: expected at least one optimizer step per epoch, got "
+                             f"{self.loader.steps_per_epoch} micro-batches for accum_steps={tc.accum_steps}; "
+                             "lower train.accum_steps or train.batch_size, or add images")
+        self.total_steps = math.ceil(tc.epochs * self.steps_per_epoch)
+        self.warmup_steps = round(tc.warmup_epochs * self.steps_per_epoch)
+        self.stop_step = min(self.total_steps, tc.max_steps) if tc.max_steps else self.total_steps
+        self.global_batch = tc.batch_size * tc.accum_steps
+        self.peak_lr = tc.blr * self.global_batch / 256
+
+        # 3. model and optimizer
+        torch.manual_seed(tc.seed)
+        self.model = InfMAE(mc).to(self.device)
+        self.optimizer = build_optimizer(self.model, tc, self.peak_lr, self.device)
+        self.flops_per_image = self.model.flops_per_image()
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+        self.skipped: dict[str, str] = dict(self.dataset.dropped)
+
+        # 4. saved state
+        if resume and existing is not None:
+            self._restore(existing)
+        elif resume:
+            log.warning("--resume: no checkpoint in %s yet; starting from step 0", self.run_dir)
+        (self.run_dir / "config.json").write_text(config.to_json())
+        self.metrics = MetricsWriter(self.run_dir, resume_step=self.step)
+
+    # ------------------------------------------------------------------------------------------
+    def _synthetic_data(self) -> Path:
+        root = self.run_dir / "synthetic_data"
+        done = root / ".complete"
+        if not done.exists():
+            log.info("no --data given: writing %d synthetic infrared images to %s", self.config.data.synthetic_count, root)
+            generate_dataset(root, self.config.data.synthetic_count, seed=self.config.train.seed, include_bad=True)
+            done.write_text("ok\n")
+        return root
+
+    def _state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                "data": {"epoch": self.step // self.steps_per_epoch,
+                         "micro_step": (self.step % self.steps_per_epoch) * self.config.train.accum_steps},
+                "config": self.config.to_dict(), "rng": rng_state(), "skipped": self.skipped}
+
+    def _restore(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path, map_location=self.device)
+        saved = state["config"]
+        now = self.config.to_dict()
+        changed = [f"{section}.{key}" for section in ("model", "data", "train") for key in now[section]
+                   if now[section][key] != saved[section].get(key) and key not in RESUME_MAY_CHANGE
+                   and (section, key) != ("data", "num_workers")]
+        if changed:
+            raise ValueError(f"pretrain --resume: expected the run's config, got changes to {changed}; "
+                             "resume with the saved config (RUN/config.json) or start a new run")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.skipped.update(state.get("skipped", {}))
+        set_rng_state(state["rng"])
+        self.last_checkpoint = path
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def save(self) -> Path:
+        self.last_checkpoint = ckpt.save_checkpoint(self.run_dir, self.step, self._state(), self.config.train.keep_last)
+        return self.last_checkpoint
+
+    def _micro_batches(self):
+        """Yield (epoch, batch) from the current step on, forever, epoch after epoch."""
+        accum = self.config.train.accum_steps
+        epoch, start = self.step // self.steps_per_epoch, (self.step % self.steps_per_epoch) * accum
+        while True:
+            used = self.steps_per_epoch * accum  # a tail that does not fill an optimizer step is dropped
+            for i, batch in enumerate(self.loader.iter_epoch(epoch, start_step=start)):
+                if start + i >= used:
+                    break
+                yield epoch, batch
+            epoch, start = epoch + 1, 0
+
+    def _grad_norm(self) -> torch.Tensor:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+    # ------------------------------------------------------------------------------------------
+    def fit(self) -> RunSummary:
+        tc, mc = self.config.train, self.config.model
+        n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        log.info("run %s | preset %s | device %s | %d images (%d skipped at scan) | %.2fM trainable parameters",
+                 self.run_dir, self.config.preset, self.device, len(self.dataset), len(self.dataset.dropped), n_params / 1e6)
+        log.info("global batch %d (%d x %d accum) | lr = blr %.3g x %d / 256 = %.4g | %d steps/epoch | steps %d -> %d "
+                 "of %d (warmup %d) | %.2f GFLOPs/img forward", self.global_batch, tc.batch_size, tc.accum_steps, tc.blr,
+                 self.global_batch, self.peak_lr, self.steps_per_epoch, self.step, self.stop_step, self.total_steps,
+                 self.warmup_steps, self.flops_per_image / 1e9)
+        self.model.train()
+        batches = self._micro_batches()
+        meter = Throughput()
+        loss_sum = torch.zeros((), device=self.device)
+        losses_in_window = 0
+        first_loss = last_loss = None
+        last_logged_step = self.step
+        peak = peak_tflops(self.device)
+        run_start = time.perf_counter()
+        start_step = self.step
+        while self.step < self.stop_step:
+            set_learning_rate(self.optimizer, learning_rate(self.step, self.total_steps, self.warmup_steps, self.peak_lr, tc.min_lr))
+            for _ in range(tc.accum_steps):
+                wait_start = time.perf_counter()
+                epoch, batch = next(batches)
+                meter.data_wait += time.perf_counter() - wait_start
+                for path, reason in batch.skipped:
+                    self.skipped.setdefault(path, reason)
+                images = batch.to(self.device, torch.float32, channels=mc.in_chans, non_blocking=True).images
+                with self.autocast:
+                    out = self.model(images)
+                (out.loss / tc.accum_steps).backward()
+                loss_sum += out.loss.detach()
+                losses_in_window += 1
+                meter.images += images.shape[0]
+            log_now = (self.step + 1) % tc.log_every == 0 or self.step + 1 == self.stop_step
+            grad_norm = None
+            if tc.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            elif log_now:
+                grad_norm = self._grad_norm()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+
+            if log_now:  # the only host sync of a step
+                loss = loss_sum.item() / losses_in_window
+                if not math.isfinite(loss):
+                    raise FloatingPointError(
+                        f"pretrain: expected a finite loss, got {loss} between steps {last_logged_step + 1} and "
+                        f"{self.step}; last batch indices {batch.indices.tolist()}; last good checkpoint "
+                        f"{self.last_checkpoint or 'none'}. Lower train.blr or enable train.grad_clip")
+                elapsed, img_per_s, wait_pct = meter.summary()
+                step_time = (time.perf_counter() - run_start) / (self.step - start_step)
+                achieved = 3 * self.flops_per_image * img_per_s / 1e12  # forward + backward = 3x forward
+                record = {"step": self.step, "total_steps": self.stop_step, "epoch": epoch, "loss": loss,
+                          "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
+                          "img_per_s": img_per_s, "tflops_per_s": achieved,
+                          "mfu": achieved / peak if peak else None, "data_wait_pct": wait_pct,
+                          "mem_gib": peak_memory_gib(self.device), "eta_s": step_time * (self.stop_step - self.step),
+                          "time": time.time()}
+                self.metrics.write(record)
+                log.info(format_line(record) + (f" mfu {record['mfu']:.1%}" if peak else " mfu n/a"))
+                first_loss = loss if first_loss is None else first_loss
+                last_loss = loss
+                last_logged_step = self.step
+                loss_sum.zero_()
+                losses_in_window = 0
+                meter.reset()
+            finished = self.step == self.stop_step
+            if tc.visualize_every and self.step % tc.visualize_every == 0 or finished:
+                self.write_reconstructions(images, out)
+            if self.step % tc.checkpoint_every == 0 or finished:
+                self.save()
+        self._report_skipped()
+        return RunSummary(self.step, first_loss, last_loss, self.last_checkpoint, sorted(self.skipped.items()))
+
+    def write_reconstructions(self, images: torch.Tensor, out) -> Path:
+        dc = self.config.data
+        panels = reconstruction_panels(images.detach(), out.pred.detach(), out.mask, dc.mean, dc.std)
+        path = save_grid(panels, self.run_dir / "reconstructions" / f"step_{self.step:08d}.png")
+        log.info("wrote reconstructions %s", path)
+        return path
+
+    def _report_skipped(self) -> None:
+        path = self.run_dir / "skipped_files.tsv"
+        path.write_text("".join(f"{p}\t{r}\n" for p, r in sorted(self.skipped.items())))
+        if self.skipped:
+            log.warning("skipped %d unusable files (listed in %s)", len(self.skipped), path)
+        else:
+            log.info("no files were skipped")

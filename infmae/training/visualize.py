@@ -1,0 +1,48 @@
+"""Reconstruction grids: one row per image, columns original | masked | reconstruction | reconstruction
+with the visible patches pasted back. Written as an 8-bit gray PNG a person can look at."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from infmae.model.patchify import unpatchify
+
+COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")
+
+
+@torch.no_grad()
+def reconstruction_panels(imgs_BCHW: torch.Tensor, pred_BLP: torch.Tensor, mask_BL: torch.Tensor,
+                          mean: float, std: float) -> torch.Tensor:
+    """-> [B,4,H,W] gray images in [0,1], un-normalised (without norm_pix_loss the prediction is in the
+    normalised pixel space of the input)."""
+    B, C, H, W = imgs_BCHW.shape
+    grid = (H // 16, W // 16)
+    recon = unpatchify(pred_BLP.float(), grid, C)
+    pixel_mask = mask_BL.float().reshape(B, 1, *grid).repeat_interleave(16, 2).repeat_interleave(16, 3)
+    original = imgs_BCHW.float()
+    masked = original * (1 - pixel_mask) + (-mean / std) * pixel_mask  # masked patches shown black
+    pasted = original * (1 - pixel_mask) + recon * pixel_mask
+    panels = torch.stack([original, masked, recon, pasted], dim=1)  # [B,4,C,H,W]
+    return (panels.mean(dim=2) * std + mean).clamp(0, 1)
+
+
+def save_grid(panels_B4HW: torch.Tensor, path: str | Path, max_rows: int = 8, min_tile: int = 128) -> Path:
+    """Tile the panels (rows = images) with a 2-px white gutter, upscaled (nearest) so small images stay visible."""
+    panels = panels_B4HW[:max_rows].cpu()
+    rows, cols, H, W = panels.shape
+    scale = max(1, -(-min_tile // max(H, W)))
+    tiles = panels.repeat_interleave(scale, 2).repeat_interleave(scale, 3).numpy()
+    gutter = 2
+    h, w = H * scale, W * scale
+    canvas = np.ones((rows * (h + gutter) + gutter, cols * (w + gutter) + gutter), dtype=np.float32)
+    for r in range(rows):
+        for c in range(cols):
+            top, left = gutter + r * (h + gutter), gutter + c * (w + gutter)
+            canvas[top:top + h, left:left + w] = tiles[r, c]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round(canvas * 255).astype(np.uint8)).save(path)
+    return path

@@ -1,0 +1,156 @@
+"""Eager twins of the InfMAE kernels: the specification every fast kernel must match.
+
+Shape legend: B batch, C channels, H x W image (multiples of 16), h x w = H/16 x W/16 the patch grid,
+L = h*w patches in raster order (row-major), S the mask stride, K = ceil(L / S) visible patches,
+D a token width.
+
+Conventions (facebookresearch/mae's masking contract, shared/README.md sections 2.1 and 3):
+- ``ids_keep`` [B,K] int64: raster indices of the visible patches in *rank* order (rank 0 first),
+- ``ids_restore`` [B,L] int64: the inverse of the sort permutation (``ids_restore[ids_shuffle] = arange``),
+- ``mask`` [B,L] float32 in raster order: 1 = masked (removed), 0 = visible,
+- visibility maps [B,1,4h,4w] and [B,1,2h,2w]: ``1 - mask`` upsampled by nearest repetition.
+
+This module depends on torch only (never on ``infmae``), so kernels and their twins can be tested alone.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+
+PATCH = 16
+ORDERS = ("descending", "ascending")
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check(cond: bool, op: str, expected: str, got: str, hint: str) -> None:
+    if not cond:
+        raise ValueError(f"{op}: expected {expected}, got {got}; {hint}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. intensity pooling
+# ---------------------------------------------------------------------------------------------
+def intensity_filter(channels: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """The paper's score filter: every weight 1/(C*256), so the score is the patch's mean intensity."""
+    return torch.full((channels, PATCH, PATCH), 1.0 / (channels * PATCH * PATCH), dtype=dtype, device=device)
+
+
+def intensity_pool(imgs_BCHW: torch.Tensor, filter_C1616: torch.Tensor, bias: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """Score every 16x16 patch with one linear filter: ``scores[b, l] = <F, imgs[b, :, patch l]> + bias``.
+
+    imgs_BCHW: [B,C,H,W] float32/bfloat16/float16, any strides; H and W multiples of 16.
+    filter_C1616: [C,16,16] (any float dtype; used in fp32). bias: a float or a 0-d tensor.
+    Returns scores [B,L] float32, patches in raster order. Accumulation is in fp32.
+    """
+    op = "intensity_pool"
+    _check(imgs_BCHW.dim() == 4, op, "imgs of shape [B,C,H,W]", f"shape {tuple(imgs_BCHW.shape)}",
+           "pass a batch of images, e.g. imgs.unsqueeze(0) for a single image")
+    _check(imgs_BCHW.dtype in _FLOAT_DTYPES, op, "imgs of dtype float32, bfloat16 or float16",
+           str(imgs_BCHW.dtype), "convert with imgs.float()")
+    B, C, H, W = imgs_BCHW.shape
+    _check(H % PATCH == 0 and W % PATCH == 0, op, "H and W multiples of 16", f"{H}x{W}",
+           "resize or crop the images to a multiple of 16")
+    _check(tuple(filter_C1616.shape) == (C, PATCH, PATCH), op, f"a filter of shape [{C},16,16]",
+           f"shape {tuple(filter_C1616.shape)}", "the filter needs one 16x16 plane per image channel")
+    h, w = H // PATCH, W // PATCH
+    patches = imgs_BCHW.float().reshape(B, C, h, PATCH, w, PATCH)
+    scores = torch.einsum("bchpwq,cpq->bhw", patches, filter_C1616.float())
+    return scores.reshape(B, h * w) + torch.as_tensor(bias, dtype=torch.float32, device=scores.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. sort-and-stride mask
+# ---------------------------------------------------------------------------------------------
+class MaskOutputs(NamedTuple):
+    ids_keep: torch.Tensor  # [B,K] int64, rank order
+    ids_restore: torch.Tensor  # [B,L] int64
+    mask: torch.Tensor  # [B,L] float32, 1 = masked
+    visible_x4: torch.Tensor | None  # [B,1,4h,4w] float32, 1 = visible (stage 1, H/4)
+    visible_x2: torch.Tensor | None  # [B,1,2h,2w] float32, 1 = visible (stage 2, H/8)
+
+
+def num_visible(num_patches: int, stride: int) -> int:
+    """K = ceil(L / S): ranks 0, S, 2S, ... stay visible."""
+    return -(-num_patches // stride)
+
+
+def sort_stride_mask(scores_BL: torch.Tensor, stride: int, order: str = "descending",
+                     grid_hw: tuple[int, int] | None = None) -> MaskOutputs:
+    """Information-aware mask: sort patches by score, keep every ``stride``-th rank (offset 0).
+
+    scores_BL: [B,L] float. order: "descending" (highest score is rank 0) or "ascending".
+    Ties break by lower raster index first in both orders (a stable sort).
+    grid_hw: (h, w) with h*w == L; when given, the x4 and x2 visibility maps are returned too.
+    """
+    op = "sort_stride_mask"
+    _check(scores_BL.dim() == 2, op, "scores of shape [B,L]", f"shape {tuple(scores_BL.shape)}",
+           "score the patches first (intensity_pool) and pass its [B,L] output")
+    _check(isinstance(stride, int) and stride >= 1, op, "an integer stride >= 1", repr(stride),
+           "the default stride is 4 (25 % visible)")
+    _check(order in ORDERS, op, f"order in {ORDERS}", repr(order), "use 'descending' (paper) or 'ascending' (released code)")
+    B, L = scores_BL.shape
+    if grid_hw is not None:
+        _check(grid_hw[0] * grid_hw[1] == L, op, f"grid_hw with h*w == L == {L}", repr(grid_hw),
+               "pass (H // 16, W // 16)")
+    ids_shuffle = torch.sort(scores_BL, dim=1, descending=(order == "descending"), stable=True).indices
+    ids_keep = ids_shuffle[:, ::stride].contiguous()
+    ranks = torch.arange(L, device=scores_BL.device).expand(B, L)
+    ids_restore = torch.empty_like(ids_shuffle).scatter_(1, ids_shuffle, ranks)
+    mask = torch.ones(B, L, dtype=torch.float32, device=scores_BL.device)
+    mask.scatter_(1, ids_keep, 0.0)
+    visible_x4 = visible_x2 = None
+    if grid_hw is not None:
+        visible_x4, visible_x2 = visibility_maps(mask, grid_hw)
+    return MaskOutputs(ids_keep, ids_restore, mask, visible_x4, visible_x2)
+
+
+def visibility_maps(mask_BL: torch.Tensor, grid_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``1 - mask`` on the h x w grid, upsampled by nearest repetition: ([B,1,4h,4w], [B,1,2h,2w])."""
+    h, w = grid_hw
+    visible = (1.0 - mask_BL).reshape(-1, 1, h, w)
+    x4 = visible.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
+    x2 = visible.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    return x4, x2
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. token gather, 4. token restore
+# ---------------------------------------------------------------------------------------------
+def _check_ids(op: str, tokens: torch.Tensor, ids_BK: torch.Tensor) -> None:
+    _check(tokens.dim() == 3, op, "tokens of shape [B,L,D]", f"shape {tuple(tokens.shape)}",
+           "flatten the spatial grid first: x.flatten(2).transpose(1, 2)")
+    _check(ids_BK.dim() == 2 and ids_BK.shape[0] == tokens.shape[0], op, f"ids of shape [{tokens.shape[0]},K]",
+           f"shape {tuple(ids_BK.shape)}", "pass ids_keep from sort_stride_mask for the same batch")
+    _check(ids_BK.dtype == torch.int64, op, "int64 ids", str(ids_BK.dtype), "use ids.long()")
+
+
+def token_gather(tokens_BLD: torch.Tensor, ids_keep_BK: torch.Tensor) -> torch.Tensor:
+    """[B,L,D] -> [B,K,D]: ``out[b, k] = tokens[b, ids_keep[b, k]]``. Backward scatters the gradient."""
+    _check_ids("token_gather", tokens_BLD, ids_keep_BK)
+    index = ids_keep_BK.unsqueeze(-1).expand(-1, -1, tokens_BLD.shape[-1])
+    return torch.gather(tokens_BLD, 1, index)
+
+
+def token_gather_many(tensors_BLD: Sequence[torch.Tensor], ids_keep_BK: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Gather several [B,L,D_i] tensors at the same ids (the stage-3 tokens and both skip features)."""
+    return tuple(token_gather(t, ids_keep_BK) for t in tensors_BLD)
+
+
+def token_restore(visible_BKD: torch.Tensor, mask_token_D: torch.Tensor, ids_keep_BK: torch.Tensor,
+                  num_patches: int) -> torch.Tensor:
+    """Place visible tokens at ``ids_keep`` and the mask token everywhere else: -> [B,L,D].
+
+    visible_BKD: [B,K,D]; mask_token_D: [D] (any shape with D elements, e.g. [1,1,D]), cast to the
+    visible dtype. Backward: the visible gradient is the gather of the output gradient at ``ids_keep``;
+    the mask token's gradient is the sum of the output gradient over the masked positions.
+    """
+    op = "token_restore"
+    _check_ids(op, visible_BKD, ids_keep_BK)
+    B, K, D = visible_BKD.shape
+    _check(mask_token_D.numel() == D, op, f"a mask token with {D} elements", f"shape {tuple(mask_token_D.shape)}",
+           "the mask token must have the decoder width")
+    _check(num_patches >= K, op, f"num_patches >= K = {K}", str(num_patches), "pass L = h*w of the patch grid")
+    filled = mask_token_D.reshape(1, 1, D).to(visible_BKD.dtype).expand(B, num_patches, D)
+    index = ids_keep_BK.unsqueeze(-1).expand(-1, -1, D)
+    return filled.scatter(1, index, visible_BKD)
