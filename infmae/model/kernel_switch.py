@@ -25,9 +25,10 @@ def _reference_ops() -> SimpleNamespace:
     return SimpleNamespace(name="reference", **{op: getattr(reference, op) for op in OP_NAMES})
 
 
-def triton_unavailable_reason() -> str | None:
-    """None when the Triton kernels can run here, else why not (with what to do about it)."""
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+def triton_unavailable_reason(allow_interpreter: bool = True) -> str | None:
+    """None when the Triton kernels can run here, else why not (with what to do about it). The CPU
+    interpreter (TRITON_INTERPRET=1) counts only for an explicit ``kernels="triton"`` (tests)."""
+    interpreted = allow_interpreter and os.environ.get("TRITON_INTERPRET") == "1"
     if not torch.cuda.is_available() and not interpreted:
         return "CUDA is not available (on a CPU the kernels run only under TRITON_INTERPRET=1, for tests)"
     try:
@@ -47,7 +48,7 @@ def resolve_kernels(choice: str) -> SimpleNamespace:
         return _reference_ops()
     if choice not in ("auto", "triton"):
         raise ValueError(f"kernels: expected 'auto', 'triton' or 'reference', got {choice!r}; 'auto' is the default")
-    reason = triton_unavailable_reason()
+    reason = triton_unavailable_reason(allow_interpreter=(choice == "triton"))
     if reason is None:
         module = importlib.import_module("kernels.triton_ops")
         ops = SimpleNamespace(name="triton", **{op: getattr(module, op) for op in OP_NAMES})
