@@ -28,6 +28,9 @@ from kernels import reference  # noqa: E402
 
 # scores from bf16 images are exact fp32 sums in both paths up to summation order (see tests/tolerances.py)
 SCORE_TOL = {"atol": 1e-4, "rtol": 1e-5}
+# depthwise tile conv, bf16: the kernel sums in fp32 and rounds once, the twin's conv2d rounds in bf16
+# (tests/tolerances.py "triton_depthwise_tiles" compares with the fp32 twin; here the bf16 twin itself)
+DEPTHWISE_TOL = {"atol": 5e-2, "rtol": 2e-2}
 
 
 def masking_path_twin(imgs, weight, bias, stride, order, grid):
@@ -58,6 +61,13 @@ def _images(B, C, H, W, device):
 
 def _ids(B, L, K, device):
     return torch.rand(B, L, device=device).argsort(dim=1)[:, :K].contiguous()
+
+
+def _tiles(B, L, K, T, C, grid, device):
+    """Visible tiles [B,K,T,T,C] bf16, their neighbour table, and the depthwise conv's fp32 weight and bias."""
+    table = reference.tile_neighbours(_ids(B, L, K, device), grid)
+    return ((torch.randn(B, K, T, T, C, device=device).to(torch.bfloat16), table,
+             torch.randn(C, 1, 5, 5, device=device), torch.randn(C, device=device)), {})
 
 
 def build_cases(smoke: bool) -> list[Case]:
@@ -93,6 +103,11 @@ def build_cases(smoke: bool) -> list[Case]:
                                                    torch.randn(Dd, device=d), _ids(B, L, K, d), L), {}),
                  bytes_moved=B * K * Dd * 2 + B * L * Dd * 2 + B * K * 8, backward=True),
         ]
+        # the sparse encoder's token mixer at stage 1 (4x4 tiles, d1) and stage 2 (2x2 tiles, d2)
+        for T, width in ((4, 256 if not smoke else 24), (2, 384 if not smoke else 40)):
+            cases.append(Case("depthwise_conv5x5_tiles", f"{label}_T{T}",
+                              lambda d, B=B, L=L, K=K, T=T, width=width, grid=grid: _tiles(B, L, K, T, width, grid, d),
+                              bytes_moved=2 * B * K * T * T * width * 2 + B * K * 9 * 8, backward=True))
     return cases
 
 
@@ -105,6 +120,8 @@ def _check_equal(op: str, got, want) -> None:
     for a, b in zip(_outputs(got), _outputs(want), strict=True):
         if a.is_floating_point() and op == "intensity_pool":
             torch.testing.assert_close(a, b, **SCORE_TOL)
+        elif a.is_floating_point() and op == "depthwise_conv5x5_tiles":
+            torch.testing.assert_close(a.float(), b.float(), **DEPTHWISE_TOL)
         elif not torch.equal(a, b):  # ids, masks, maps and token copies are exact
             raise AssertionError(f"{op}: the fast op and its twin differ; fix the kernel before timing it")
 

@@ -16,6 +16,7 @@ log = logging.getLogger("infmae")
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    from infmae.training.distributed import init_distributed, teardown
     from infmae.training.trainer import Trainer
 
     output = Path(args.output or f"runs/{args.preset or 'demo'}")
@@ -28,8 +29,12 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.data is not None:
         overrides.append(f"data.path={args.data}")
     config = apply_overrides(config, overrides)
-    setup_logging(output)
-    summary = Trainer(config, output, resume=args.resume).fit()
+    info = init_distributed(config.train.device)  # under torchrun: join the process group (RANK, WORLD_SIZE, ...)
+    setup_logging(output, rank=info.rank)
+    try:
+        summary = Trainer(config, output, resume=args.resume).fit()
+    finally:
+        teardown()
     log.info("done: %d steps, loss %.4f -> %.4f, checkpoint %s", summary.steps, summary.first_loss or float("nan"),
              summary.last_loss or float("nan"), summary.checkpoint)
     return 0
@@ -111,6 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True)
     e.add_argument("--in-chans", type=int, choices=(1, 3), default=None, help="convert the input channels")
     e.set_defaults(func=_export)
+
+    c = commands.add_parser("curate", help="scan, filter and deduplicate an image folder: OUT/manifest.csv + report")
+    c.add_argument("src", help="folder tree of images to curate")
+    c.add_argument("-o", "--output", required=True, help="output folder (manifest.csv, report.md, scan.sqlite)")
+    c.add_argument("--min-size", type=int, default=20, help="drop images whose both sides are under it, px (20)")
+    c.add_argument("--hamming", type=int, default=6, help="pHash Hamming distance of near-duplicates, 0-24 (6)")
+    c.add_argument("--anchor", choices=("largest", "entropy"), default="largest", help="which group member is kept")
+    c.add_argument("--sequence-aware", action="store_true",
+                   help="frames named in order within a folder: keep a new key frame whenever the scene drifts")
+    c.add_argument("--workers", type=int, default=None, help="scan processes (default: every core)")
+
+    def _curate(args: argparse.Namespace) -> int:
+        from infmae.curate.pipeline import run
+
+        setup_logging()
+        return run(args)
+
+    c.set_defaults(func=_curate)
     return parser
 
 

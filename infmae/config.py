@@ -15,9 +15,12 @@ from typing import Any
 SCORES = ("intensity", "official")
 ORDERS = ("descending", "ascending")
 KERNEL_CHOICES = ("auto", "triton", "reference")
+ENCODERS = ("dense", "sparse")
 SIXTEEN_BIT_MODES = ("percentile", "minmax", "full")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("bf16", "fp32")
+PARALLEL_MODES = ("fsdp", "ddp", "none")
+OPTIMIZERS = ("adamw", "apex_adam", "apex_lamb")
 
 
 def _fail(field_name: str, value: Any, expected: str, hint: str) -> None:
@@ -58,6 +61,9 @@ class ModelConfig:
     """Normalise each target patch by its mean and variance before the MSE."""
     kernels: str = "auto"
     """'auto' (Triton where CUDA and Triton are there, else eager), 'triton' or 'reference'."""
+    encoder: str = "dense"
+    """Conv stages on the full grids ('dense', the reference) or on the visible patches only ('sparse',
+    the same outputs at about half the training FLOPs; same parameters and state-dict keys)."""
 
     def __post_init__(self) -> None:
         self.img_size = tuple(int(v) for v in self.img_size)  # type: ignore[assignment]
@@ -88,6 +94,8 @@ class ModelConfig:
         _require(self.order in ORDERS, "model.order", self.order, f"one of {ORDERS}", "'descending' is the paper's")
         _require(self.kernels in KERNEL_CHOICES, "model.kernels", self.kernels, f"one of {KERNEL_CHOICES}",
                  "'auto' picks Triton where it can run")
+        _require(self.encoder in ENCODERS, "model.encoder", self.encoder, f"one of {ENCODERS}",
+                 "'sparse' computes the same latent from the visible patches only")
 
 
 @dataclass
@@ -167,6 +175,20 @@ class TrainConfig:
     keep_last: int = 3
     visualize_every: int = 1000
     """Write a reconstruction grid every this many steps (and at the end); 0 only at the end."""
+    parallel: str = "fsdp"
+    """Data parallelism over several ranks (torchrun): 'fsdp' (FSDP2 fully_shard), 'ddp' or 'none'."""
+    fsdp_group: int = 2
+    """ViT blocks per FSDP2 unit (the conv stages are one unit each, the decoder one unit)."""
+    reshard_after_forward: bool = False
+    """FSDP2: free gathered parameters after forward (saves memory, costs one all-gather per unit)."""
+    activation_checkpointing: bool = False
+    """Recompute every block's activations in backward (less memory, ~1/3 more compute)."""
+    compile: bool = False
+    """torch.compile each conv and ViT block (the masking between them stays eager)."""
+    optimizer: str = "adamw"
+    """'adamw' (torch, fused on CUDA), 'apex_adam' (apex FusedAdam) or 'apex_lamb' (apex FusedLAMB)."""
+    tensorboard: bool = True
+    """Write TensorBoard events to RUN/tensorboard when the `tensorboard` package is installed."""
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(v) for v in self.betas)  # type: ignore[assignment]
@@ -187,6 +209,12 @@ class TrainConfig:
         _require(self.device in DEVICES, "train.device", self.device, f"one of {DEVICES}", "'auto' picks CUDA if there")
         _require(self.precision in PRECISIONS, "train.precision", self.precision, f"one of {PRECISIONS}", "bf16")
         _require(self.visualize_every >= 0, "train.visualize_every", self.visualize_every, ">= 0", "0: at the end")
+        _require(self.parallel in PARALLEL_MODES, "train.parallel", self.parallel, f"one of {PARALLEL_MODES}",
+                 "'fsdp' shards parameters, gradients and optimizer state; 'ddp' replicates them")
+        _require(isinstance(self.fsdp_group, int) and self.fsdp_group >= 1, "train.fsdp_group", self.fsdp_group,
+                 "an integer >= 1", "e.g. 2 ViT blocks per FSDP unit")
+        _require(self.optimizer in OPTIMIZERS, "train.optimizer", self.optimizer, f"one of {OPTIMIZERS}",
+                 "'adamw' needs nothing beyond torch")
 
 
 @dataclass

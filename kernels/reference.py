@@ -154,3 +154,89 @@ def token_restore(visible_BKD: torch.Tensor, mask_token_D: torch.Tensor, ids_kee
     filled = mask_token_D.reshape(1, 1, D).to(visible_BKD.dtype).expand(B, num_patches, D)
     index = ids_keep_BK.unsqueeze(-1).expand(-1, -1, D)
     return filled.scatter(1, index, visible_BKD)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. depthwise 5x5 conv over visible tiles (the sparse encoder's token mixer, issue 6)
+# ---------------------------------------------------------------------------------------------
+NEIGHBOUR_OFFSETS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+"""Slot s of a neighbour table is the patch at (row + dy, column + dx): row-major, slot 4 is the tile itself."""
+
+
+def tile_neighbours(ids_keep_BK: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """The neighbour table of the visible patches: [B,K,9] int64.
+
+    ``out[b, k, s]`` is the k' with ``ids_keep[b, k']`` the patch at offset ``NEIGHBOUR_OFFSETS[s]`` from
+    patch ``ids_keep[b, k]`` on the h x w grid, or -1 where that patch is masked or outside the image.
+    """
+    op = "tile_neighbours"
+    _check(ids_keep_BK.dim() == 2 and ids_keep_BK.dtype == torch.int64, op, "ids_keep [B,K] int64",
+           f"shape {tuple(ids_keep_BK.shape)} {ids_keep_BK.dtype}", "pass ids_keep from sort_stride_mask")
+    h, w = grid_hw
+    B, K = ids_keep_BK.shape
+    device = ids_keep_BK.device
+    slot = torch.full((B, h * w), -1, dtype=torch.int64, device=device)
+    slot.scatter_(1, ids_keep_BK, torch.arange(K, device=device).expand(B, K))
+    padded = torch.nn.functional.pad(slot.view(B, h, w), (1, 1, 1, 1), value=-1)  # [B,h+2,w+2]
+    rows, cols = ids_keep_BK // w + 1, ids_keep_BK % w + 1
+    batch = torch.arange(B, device=device)[:, None]
+    return torch.stack([padded[batch, rows + dy, cols + dx] for dy, dx in NEIGHBOUR_OFFSETS], dim=2)
+
+
+def check_depthwise_tiles_inputs(op: str, tiles_BKTTC: torch.Tensor, neighbours_BK9: torch.Tensor,
+                                 weight_C155: torch.Tensor, bias_C: torch.Tensor | None,
+                                 dtypes: tuple = _FLOAT_DTYPES + (torch.float64,)) -> None:
+    """The input contract of ``depthwise_conv5x5_tiles`` (shared by the twin and the Triton op). The twin
+    also takes float64 (exactness tests of the sparse encoder); the Triton op passes ``dtypes`` without it."""
+    for name, t in (("tiles", tiles_BKTTC), ("neighbours", neighbours_BK9), ("weight", weight_C155)):
+        _check(isinstance(t, torch.Tensor), op, f"{name} as a torch.Tensor", type(t).__name__, "pass tensors")
+    _check(tiles_BKTTC.dim() == 5 and tiles_BKTTC.shape[2] == tiles_BKTTC.shape[3], op,
+           "tiles of shape [B,K,T,T,C]", f"shape {tuple(tiles_BKTTC.shape)}",
+           "lay the visible tiles out channels-last: [batch, tile, row, column, channel]")
+    B, K, T, _, C = tiles_BKTTC.shape
+    _check(T >= 2, op, "tiles of at least 2x2 pixels", f"{T}x{T}", "the 2-pixel halo must come from the 8 neighbours")
+    names = ", ".join(str(d)[6:] for d in dtypes)
+    _check(tiles_BKTTC.dtype in dtypes, op, f"tiles of dtype {names}",
+           str(tiles_BKTTC.dtype), "convert with tiles.float()")
+    _check(tuple(neighbours_BK9.shape) == (B, K, 9), op, f"neighbours of shape [{B},{K},9]",
+           f"shape {tuple(neighbours_BK9.shape)}", "build the table with tile_neighbours(ids_keep, grid_hw)")
+    _check(neighbours_BK9.dtype == torch.int64, op, "int64 neighbours", str(neighbours_BK9.dtype),
+           "use neighbours.long()")
+    _check(tuple(weight_C155.shape) in ((C, 1, 5, 5), (C, 5, 5)), op, f"weight of shape [{C},1,5,5]",
+           f"shape {tuple(weight_C155.shape)}", "pass the depthwise conv's weight (groups = channels)")
+    _check(weight_C155.dtype in dtypes, op, f"weight of dtype {names}",
+           str(weight_C155.dtype), "convert with weight.float()")
+    if bias_C is not None:
+        _check(isinstance(bias_C, torch.Tensor) and tuple(bias_C.shape) == (C,), op, f"bias of shape [{C}]",
+               f"{tuple(bias_C.shape) if isinstance(bias_C, torch.Tensor) else type(bias_C).__name__}",
+               "pass the conv's bias or None")
+        _check(bias_C.dtype in dtypes, op, f"bias of dtype {names}", str(bias_C.dtype),
+               "convert with bias.float()")
+    devices = {t.device for t in (tiles_BKTTC, neighbours_BK9, weight_C155, bias_C) if t is not None}
+    _check(len(devices) == 1, op, "all inputs on one device", str(sorted(map(str, devices))), "move them with .to()")
+
+
+def depthwise_conv5x5_tiles(tiles_BKTTC: torch.Tensor, neighbours_BK9: torch.Tensor, weight_C155: torch.Tensor,
+                            bias_C: torch.Tensor | None = None) -> torch.Tensor:
+    """Depthwise 5x5 conv (padding 2) of a map of which only the visible T x T tiles are non-zero,
+    evaluated on those tiles: -> [B,K,T,T,C] in the tiles' dtype.
+
+    tiles_BKTTC: [B,K,T,T,C], channels-last, T >= 2. neighbours_BK9: ``tile_neighbours`` (index into the K
+    tiles of the same image, -1 = zero). weight_C155: [C,1,5,5] (or [C,5,5]); bias_C: [C] or None; both
+    cast to the tiles' dtype. Equal to scattering the tiles into a zeroed [B,C,Th,Tw] map, running
+    ``F.conv2d(padding=2, groups=C)`` and gathering the tiles back: here each tile's 3x3 neighbourhood is
+    gathered (zero tiles for -1), cropped to the (T+4)^2 window the taps read, and convolved without padding.
+    """
+    op = "depthwise_conv5x5_tiles"
+    check_depthwise_tiles_inputs(op, tiles_BKTTC, neighbours_BK9, weight_C155, bias_C)
+    B, K, T, _, C = tiles_BKTTC.shape
+    dtype = tiles_BKTTC.dtype
+    padded = torch.cat([tiles_BKTTC, tiles_BKTTC.new_zeros(B, 1, T, T, C)], dim=1)  # tile K: zeros
+    index = torch.where(neighbours_BK9 < 0, K, neighbours_BK9)
+    batch = torch.arange(B, device=tiles_BKTTC.device)[:, None, None]
+    hood = padded[batch, index]  # [B,K,9,T,T,C]
+    hood = hood.view(B * K, 3, 3, T, T, C).permute(0, 5, 1, 3, 2, 4).reshape(B * K, C, 3 * T, 3 * T)
+    window = hood[:, :, T - 2:2 * T + 2, T - 2:2 * T + 2]
+    bias = None if bias_C is None else bias_C.to(dtype)
+    out = torch.nn.functional.conv2d(window, weight_C155.reshape(C, 1, 5, 5).to(dtype), bias, groups=C)
+    return out.view(B, K, C, T, T).permute(0, 1, 3, 4, 2)

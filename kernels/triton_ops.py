@@ -5,6 +5,7 @@ Importing this module needs Triton; the model's kernel switch imports it only wh
 from __future__ import annotations
 
 from kernels import reference
+from kernels.depthwise import depthwise_conv5x5_tiles
 from kernels.masking import sort_stride_mask
 from kernels.pooling import intensity_pool
 from kernels.registry import register
@@ -15,8 +16,10 @@ register("sort_stride_mask", sort_stride_mask, reference.sort_stride_mask, has_b
 register("token_gather", token_gather, reference.token_gather, has_backward=True)
 register("token_gather_many", token_gather_many, reference.token_gather_many, has_backward=True)
 register("token_restore", token_restore, reference.token_restore, has_backward=True)
+register("depthwise_conv5x5_tiles", depthwise_conv5x5_tiles, reference.depthwise_conv5x5_tiles, has_backward=True)
 
-__all__ = ["intensity_pool", "sort_stride_mask", "token_gather", "token_gather_many", "token_restore"]
+__all__ = ["intensity_pool", "sort_stride_mask", "token_gather", "token_gather_many", "token_restore",
+           "depthwise_conv5x5_tiles"]
 
 
 def masking_path(imgs_BCHW, weight, bias, stride, order="descending", grid_hw=None):

@@ -9,8 +9,9 @@ Sources:
   links to folders are not followed.
 - a manifest (``root`` ends in ``.csv``, as written by ``infmae curate``): the ``path`` and ``status``
   columns are read and rows with ``status == "keep"`` are used. Paths are relative to ``base`` when it
-  is given (the folder that was curated, i.e. curate's ``SRC`` / a ``--data-root``), else to the CSV's
-  own folder.
+  is given (the folder that was curated, i.e. curate's ``SRC`` / a ``--data-root``), else to the
+  ``source`` recorded in ``curate.json`` beside the CSV (written by ``infmae curate``), else to the
+  CSV's own folder.
 
 Every file's header is checked at construction (cheap: no pixel decode). Unreadable headers (empty
 files, non-images) and tiny images (both sides under ``min_size``) are dropped, logged as warnings and
@@ -29,6 +30,7 @@ skip them without a new decode attempt or warning (the substitution itself does 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -98,6 +100,23 @@ def read_manifest(manifest: Path) -> tuple[list[str], list[tuple[int, int] | Non
     return paths, sizes
 
 
+def manifest_base(manifest: Path) -> Path:
+    """The folder a manifest's paths are relative to when no ``base`` is given: the ``source`` that
+    ``infmae curate`` recorded in ``curate.json`` beside the CSV, else the CSV's own folder."""
+    info = manifest.parent / "curate.json"
+    if info.is_file():
+        try:
+            source = json.loads(info.read_text()).get("source")
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"ImageFolderDataset: expected {info} to be JSON written by `infmae curate`, got an unreadable file "
+                f"({exc}); re-run curate or pass base"
+            ) from None
+        if source:
+            return Path(source)
+    return manifest.parent
+
+
 class ImageFolderDataset(Dataset):
     """Images from a folder tree or a manifest, augmented as released.
 
@@ -118,7 +137,7 @@ class ImageFolderDataset(Dataset):
         mean, std: normalisation, a number or one value per channel (released: 0.425, 0.2).
         sixteen_bit_mode, low, high: the 16-bit to [0, 1] rule (see :mod:`infmae.data.mapping`).
         min_size: files whose width AND height are both under it are dropped (Inf30: 20).
-        base: for a manifest, the folder its paths are relative to (default: the CSV's folder).
+        base: for a manifest, the folder its paths are relative to (default: curate.json's source, else the CSV's folder).
         check_headers: read every file's header at construction (default True); with False a
             manifest's ``width``/``height`` columns are trusted and a folder is not filtered.
         max_substitutions: how many consecutive unreadable files to skip before raising.
@@ -177,7 +196,7 @@ class ImageFolderDataset(Dataset):
 
         root = Path(root)
         if root.is_file() and root.suffix.lower() == ".csv":
-            self.root_dir = Path(base) if base is not None else root.parent
+            self.root_dir = Path(base) if base is not None else manifest_base(root)
             candidates, listed_sizes = read_manifest(root)
             source = f"manifest {root} (paths relative to {self.root_dir})"
         elif root.is_dir():

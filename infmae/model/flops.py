@@ -27,22 +27,29 @@ def _vit_block(tokens: int, dim: int, mlp_ratio: float) -> int:
     return projections + attention
 
 
-def forward_flops_by_part(config: ModelConfig, img_size: tuple[int, int]) -> dict[str, int]:
-    """FLOPs of one image's forward by part: stage1, stage2, vit, decoder."""
+def forward_flops_by_part(config: ModelConfig, img_size: tuple[int, int], sparse: bool = False) -> dict[str, int]:
+    """FLOPs of one image's forward by part: stage1, stage2, vit, decoder. ``sparse``: the FLOPs the sparse
+    encoder executes (conv stages, skips and patch_embed3/4 on the K visible patches only)."""
     d1, d2, D = config.embed_dims
     Dd, r, C = config.decoder_embed_dim, config.mlp_ratio, config.in_chans
     L = (img_size[0] // 16) * (img_size[1] // 16)
     K = num_visible(L, config.mask_stride)
-    n1, n2 = 16 * L, 4 * L  # pixels at H/4 and H/8
-    stage1 = 2 * n1 * d1 * C * 16 + config.depths[0] * _cblock(n1, d1, r) + 2 * L * D * d1 * 16
-    stage2 = 2 * n2 * d2 * d1 * 4 + config.depths[1] * _cblock(n2, d2, r) + 2 * L * D * d2 * 4
-    vit = 2 * L * D * d2 * 4 + 2 * L * D * D + config.depths[2] * _vit_block(K, D, r)
+    P = K if sparse else L  # patches the conv stages run on
+    n1, n2 = 16 * P, 4 * P  # pixels at H/4 and H/8
+    stage1 = 2 * n1 * d1 * C * 16 + config.depths[0] * _cblock(n1, d1, r) + 2 * P * D * d1 * 16
+    stage2 = 2 * n2 * d2 * d1 * 4 + config.depths[1] * _cblock(n2, d2, r) + 2 * P * D * d2 * 4
+    vit = 2 * P * D * d2 * 4 + 2 * P * D * D + config.depths[2] * _vit_block(K, D, r)
     decoder = 2 * K * D * Dd + config.decoder_depth * _vit_block(L, Dd, r) + 2 * L * Dd * 256 * C
     return {"stage1": stage1, "stage2": stage2, "vit": vit, "decoder": decoder}
 
 
 def forward_flops(config: ModelConfig, img_size: tuple[int, int]) -> int:
     return sum(forward_flops_by_part(config, img_size).values())
+
+
+def sparse_forward_flops(config: ModelConfig, img_size: tuple[int, int]) -> int:
+    """FLOPs one forward of the sparse encoder executes (the model FLOPs stay ``forward_flops``)."""
+    return sum(forward_flops_by_part(config, img_size, sparse=True).values())
 
 
 def score_filter_flops(config: ModelConfig, img_size: tuple[int, int]) -> int:

@@ -20,6 +20,7 @@ from infmae.model.kernel_switch import resolve_kernels
 from infmae.model.layers import Block, CBlock, PatchEmbed, ScoreConv
 from infmae.model.patchify import PATCH, grid_size, patchify
 from infmae.model.pos_embed import sincos_2d
+from infmae.model.sparse import sparse_encoder
 from kernels.reference import MaskOutputs, intensity_filter
 
 ENCODER_PREFIXES = ("patch_embed1.", "patch_embed2.", "patch_embed3.", "patch_embed4.", "blocks1.", "blocks2.",
@@ -100,6 +101,13 @@ class InfMAE(nn.Module):
         """Dense-equivalent model FLOPs of one forward (2 per multiply-add), used for MFU."""
         return flops.forward_flops(self.config, img_size or self.config.img_size)
 
+    def executed_flops_per_image(self, img_size: tuple[int, int] | None = None) -> int:
+        """FLOPs one forward actually executes: the model FLOPs for the dense encoder, fewer for the sparse
+        one (its conv stages run on the visible patches only)."""
+        if self.config.encoder == "sparse":
+            return flops.sparse_forward_flops(self.config, img_size or self.config.img_size)
+        return self.flops_per_image(img_size)
+
     # ------------------------------------------------------------------------------------------
     def _position_embedding(self, param: nn.Parameter, grid_hw: tuple[int, int]) -> torch.Tensor:
         """The stored table at the configured grid; any other grid gets its own sin-cos table."""
@@ -134,6 +142,8 @@ class InfMAE(nn.Module):
         """-> latent [B,K,D] of the visible patches in rank order, and the masking used."""
         self._check_input(imgs_BCHW)
         masking = masking if masking is not None else self.masking(imgs_BCHW)
+        if self.config.encoder == "sparse":  # the same latent from the visible patches only (sparse.py)
+            return EncoderOutput(sparse_encoder(self, imgs_BCHW, masking), masking)
         grid = (imgs_BCHW.shape[2] // PATCH, imgs_BCHW.shape[3] // PATCH)
 
         x = self.patch_embed1(imgs_BCHW)  # [B,d1,H/4,W/4]

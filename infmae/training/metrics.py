@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import time
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -23,10 +26,17 @@ def format_eta(seconds: float) -> str:
 
 
 def format_line(record: dict) -> str:
+    """One progress line. ``img/s`` is per device; with several ranks the total follows it. ``mfu``
+    is ``n/a`` on a device without a known peak (see trainer.PEAK_TFLOPS)."""
+    rate = f"img/s {record['img_per_s']:.1f}"
+    if record.get("world_size", 1) > 1:
+        rate += f"/gpu {record['img_per_s_total']:.1f} total"
+    mfu = record.get("mfu")
     return (f"step {record['step']}/{record['total_steps']} epoch {record['epoch']} "
             f"loss {record['loss']:.4f} lr {record['lr']:.3e} grad_norm {record['grad_norm']:.3f} "
-            f"img/s {record['img_per_s']:.1f} data_wait {record['data_wait_pct']:.1f}% "
-            f"mem {record['mem_gib']:.2f}GiB eta {format_eta(record['eta_s'])}")
+            f"{rate} data_wait {record['data_wait_pct']:.1f}% "
+            f"mem {record['mem_gib']:.2f}GiB eta {format_eta(record['eta_s'])} "
+            f"mfu {'n/a' if mfu is None else f'{mfu:.1%}'}")
 
 
 class MetricsWriter:
@@ -60,3 +70,34 @@ class Throughput:
         """-> (elapsed seconds, images per second, data-wait percent)."""
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         return elapsed, self.images / elapsed, 100.0 * self.data_wait / elapsed
+
+
+class TensorBoard:
+    """TensorBoard events in RUN/tensorboard when the ``tensorboard`` package is installed (it is not a
+    dependency: ``pip install tensorboard`` to get events); otherwise a no-op, said once."""
+
+    KEYS = ("loss", "lr", "grad_norm", "img_per_s", "img_per_s_total", "tflops_per_s", "mfu", "data_wait_pct",
+            "mem_gib")
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True):
+        self.writer = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.info("TensorBoard events off: `tensorboard` is not installed (pip install tensorboard)")
+            return
+        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        if self.writer is None:
+            return
+        for key in self.KEYS:
+            if record.get(key) is not None:
+                self.writer.add_scalar(f"train/{key}", record[key], record["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

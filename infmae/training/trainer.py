@@ -1,8 +1,14 @@
-"""Single-process pretraining (CPU, or one GPU with bf16 autocast), with exact resume.
+"""Pretraining on one process (CPU, or one GPU with bf16 autocast) or on N ranks under torchrun
+(FSDP2 or DDP; gloo on the CPU, NCCL on GPUs), with exact resume.
 
-The trainer builds its parts in a fixed order: device, data, model, optimizer, then (on resume) the
-saved state. One optimizer step consumes ``accum_steps`` micro-batches; the data position is derived
-from the step, so a resumed run reads exactly the batches an uninterrupted run would have read.
+The trainer builds its parts in a fixed order: process group, device, data (this rank's shard), model,
+parallelism (``parallel.parallelize``), optimizer, then (on resume) the saved state. One optimizer step
+consumes ``accum_steps`` micro-batches per rank (gradients are reduced once, on the last); the data
+position is derived from the step, so a resumed run reads exactly the batches an uninterrupted run
+would have read. Global batch = batch_size x accum_steps x world size.
+
+A single process saves ``step_N.pt`` files; a distributed run saves torch Distributed Checkpoint
+folders (``checkpoint.py``). Rank 0 alone writes the log, metrics, TensorBoard events and pictures.
 """
 from __future__ import annotations
 
@@ -16,13 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from infmae.config import Config
 from infmae.data import ImageFolderDataset, ReferenceLoader, generate_dataset
 from infmae.model.infmae import InfMAE
 from infmae.training import checkpoint as ckpt
-from infmae.training.metrics import MetricsWriter, Throughput, format_line, peak_memory_gib
+from infmae.training.distributed import barrier, gather_dict, init_distributed
+from infmae.training.metrics import MetricsWriter, TensorBoard, Throughput, format_line, peak_memory_gib
 from infmae.training.optim import build_optimizer, learning_rate, set_learning_rate
+from infmae.training.parallel import parallelize, unwrap
 from infmae.training.visualize import reconstruction_panels, save_grid
 
 log = logging.getLogger(__name__)
@@ -31,10 +40,13 @@ log = logging.getLogger(__name__)
 PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0}
 
 # train fields that may change between a run and its resumption without changing its results
-RESUME_MAY_CHANGE = {"max_steps", "log_every", "checkpoint_every", "keep_last", "visualize_every", "device"}
+RESUME_MAY_CHANGE = {"max_steps", "log_every", "checkpoint_every", "keep_last", "visualize_every", "device",
+                     "parallel", "fsdp_group", "reshard_after_forward", "activation_checkpointing", "compile",
+                     "tensorboard"}
 
 
 def pick_device(choice: str) -> torch.device:
+    """CUDA (this process's current device: torchrun's LOCAL_RANK under a process group) or the CPU."""
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ValueError("config: expected train.device 'cuda' to be available, got no CUDA device; "
@@ -79,10 +91,18 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         tc, dc, mc = config.train, config.data, config.model
+
+        # 0. process group: torchrun's (or the caller's); none for a single process
+        self.dist = init_distributed(tc.device)
+        self.rank, self.world_size = self.dist.rank, self.dist.world_size
+        self.is_main = self.rank == 0
+        self.distributed = self.dist.distributed
+
         existing = ckpt.latest_checkpoint(self.run_dir)
         if existing is not None and not resume:
             raise ValueError(f"pretrain: expected a new run folder, got {self.run_dir} which holds {existing.name}; "
                              "pass --resume to continue it, or choose another --output")
+        barrier()  # every rank has looked for a checkpoint before rank 0 writes into the folder
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
         # 1. device
@@ -90,13 +110,14 @@ class Trainer:
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                          if self.device.type == "cuda" and tc.precision == "bf16" else nullcontext())
 
-        # 2. data
+        # 2. data: this rank's shard
         data_root = Path(dc.path) if dc.path else self._synthetic_data()
         self.dataset = ImageFolderDataset(
             data_root, img_size=mc.img_size, in_chans=mc.in_chans, seed=tc.seed, scale=dc.scale, ratio=dc.ratio,
             hflip_prob=dc.hflip_prob, mean=dc.mean, std=dc.std, sixteen_bit_mode=dc.sixteen_bit_mode,
             low=dc.low_percentile, high=dc.high_percentile, min_size=dc.min_size, base=dc.manifest_root or None)
-        self.loader = ReferenceLoader(self.dataset, batch_size=tc.batch_size, seed=tc.seed, num_workers=dc.num_workers)
+        self.loader = ReferenceLoader(self.dataset, batch_size=tc.batch_size, seed=tc.seed, num_workers=dc.num_workers,
+                                      rank=self.rank, world_size=self.world_size)
         self.steps_per_epoch = self.loader.steps_per_epoch // tc.accum_steps
         if self.steps_per_epoch < 1:
             raise ValueError(f"pretrain: expected at least one optimizer step per epoch, got "
@@ -105,14 +126,22 @@ class Trainer:
         self.total_steps = math.ceil(tc.epochs * self.steps_per_epoch)
         self.warmup_steps = round(tc.warmup_epochs * self.steps_per_epoch)
         self.stop_step = min(self.total_steps, tc.max_steps) if tc.max_steps else self.total_steps
-        self.global_batch = tc.batch_size * tc.accum_steps
+        self.global_batch = tc.batch_size * tc.accum_steps * self.world_size
         self.peak_lr = tc.blr * self.global_batch / 256
 
-        # 3. model and optimizer
+        # 3. model (the same initial weights on every rank), parallelism, optimizer
         torch.manual_seed(tc.seed)
-        self.model = InfMAE(mc).to(self.device)
+        self.module = InfMAE(mc).to(self.device)
+        self.n_params = sum(p.numel() for p in self.module.parameters() if p.requires_grad)  # before sharding
+        self.flops_per_image = self.module.flops_per_image()
+        self.mesh = None
+        if self.distributed:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            self.mesh = init_device_mesh(self.device.type, (self.world_size,), mesh_dim_names=("dp",))
+        self.parallel = tc.parallel if self.distributed else "none"
+        self.model = parallelize(self.module, tc, self.mesh, self.device)
         self.optimizer = build_optimizer(self.model, tc, self.peak_lr, self.device)
-        self.flops_per_image = self.model.flops_per_image()
         self.step = 0
         self.last_checkpoint: Path | None = None
         self.skipped: dict[str, str] = dict(self.dataset.dropped)
@@ -122,36 +151,59 @@ class Trainer:
             self._restore(existing)
         elif resume:
             log.warning("--resume: no checkpoint in %s yet; starting from step 0", self.run_dir)
-        (self.run_dir / "config.json").write_text(config.to_json())
-        self.metrics = MetricsWriter(self.run_dir, resume_step=self.step)
+        self.metrics = self.tensorboard = None
+        if self.is_main:
+            (self.run_dir / "config.json").write_text(config.to_json())
+            self.metrics = MetricsWriter(self.run_dir, resume_step=self.step)
+            self.tensorboard = TensorBoard(self.run_dir, enabled=tc.tensorboard)
+        barrier()
 
     # ------------------------------------------------------------------------------------------
     def _synthetic_data(self) -> Path:
         root = self.run_dir / "synthetic_data"
         done = root / ".complete"
-        if not done.exists():
+        if not done.exists() and self.is_main:
             log.info("no --data given: writing %d synthetic infrared images to %s", self.config.data.synthetic_count, root)
             generate_dataset(root, self.config.data.synthetic_count, seed=self.config.train.seed, include_bad=True)
             done.write_text("ok\n")
+        barrier()  # the other ranks read what rank 0 wrote
         return root
+
+    def _data_position(self) -> dict:
+        return {"epoch": self.step // self.steps_per_epoch,
+                "micro_step": (self.step % self.steps_per_epoch) * self.config.train.accum_steps}
 
     def _state(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-                "data": {"epoch": self.step // self.steps_per_epoch,
-                         "micro_step": (self.step % self.steps_per_epoch) * self.config.train.accum_steps},
-                "config": self.config.to_dict(), "rng": rng_state(), "skipped": self.skipped}
+                "data": self._data_position(), "config": self.config.to_dict(), "rng": rng_state(),
+                "skipped": self.skipped}
 
-    def _restore(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path, map_location=self.device)
-        saved = state["config"]
+    def _sharded_state(self) -> dict:
+        """{'model', 'optimizer'}: this rank's shards, keyed by parameter name (DCP's form)."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        return {"model": model_state, "optimizer": optim_state}
+
+    def _check_config(self, saved: dict) -> None:
         now = self.config.to_dict()
         changed = [f"{section}.{key}" for section in ("model", "data", "train") for key in now[section]
-                   if now[section][key] != saved[section].get(key) and key not in RESUME_MAY_CHANGE
-                   and (section, key) != ("data", "num_workers")]
+                   if key in saved[section] and now[section][key] != saved[section][key]
+                   and key not in RESUME_MAY_CHANGE and (section, key) != ("data", "num_workers")]
         if changed:
             raise ValueError(f"pretrain --resume: expected the run's config, got changes to {changed}; "
                              "resume with the saved config (RUN/config.json) or start a new run")
-        self.model.load_state_dict(state["model"])
+
+    def _restore(self, path: Path) -> None:
+        if path.is_dir():
+            self._restore_distributed(path)
+            return
+        if self.distributed:
+            raise ValueError(f"pretrain --resume: expected a distributed checkpoint folder for {self.world_size} "
+                             f"ranks, got the single-process file {path}; resume it with one process")
+        state = ckpt.load_checkpoint(path, map_location=self.device)
+        self._check_config(state["config"])
+        unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
         self.skipped.update(state.get("skipped", {}))
@@ -159,8 +211,38 @@ class Trainer:
         self.last_checkpoint = path
         log.info("resumed from %s at step %d", path, self.step)
 
+    def _restore_distributed(self, path: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        extra = torch.load(path / ckpt.EXTRA, map_location="cpu", weights_only=False)
+        self._check_config(extra["config"])  # before the collective load, on every rank alike
+        tensors = self._sharded_state()
+        extra, rank_state = ckpt.load_distributed_checkpoint(path, tensors)
+        set_state_dict(self.model, self.optimizer, model_state_dict=tensors["model"],
+                       optim_state_dict=tensors["optimizer"])
+        self.step = extra["step"]
+        self.skipped.update(extra.get("skipped", {}))
+        saved_world = extra.get("world_size", 1)
+        if saved_world != self.world_size or rank_state is None:
+            log.warning("resumed a %d-rank checkpoint on %d ranks: the weights and optimizer are resharded; the "
+                        "global batch, lr and data order differ, so the run is not an exact continuation",
+                        saved_world, self.world_size)
+        if rank_state is not None:
+            set_rng_state(rank_state["rng"])
+        self.last_checkpoint = path
+        log.info("resumed from %s at step %d", path, self.step)
+
     def save(self) -> Path:
-        self.last_checkpoint = ckpt.save_checkpoint(self.run_dir, self.step, self._state(), self.config.train.keep_last)
+        """Collective under a process group: every rank calls it at the same step."""
+        tc = self.config.train
+        if not self.distributed:
+            self.last_checkpoint = ckpt.save_checkpoint(self.run_dir, self.step, self._state(), tc.keep_last)
+            return self.last_checkpoint
+        self.skipped = gather_dict(self.skipped)
+        extra = {"step": self.step, "data": self._data_position(), "config": self.config.to_dict(),
+                 "skipped": self.skipped, "world_size": self.world_size}
+        self.last_checkpoint = ckpt.save_distributed_checkpoint(
+            self.run_dir, self.step, self._sharded_state(), extra, {"rng": rng_state()}, tc.keep_last)
         return self.last_checkpoint
 
     def _micro_batches(self):
@@ -176,19 +258,46 @@ class Trainer:
             epoch, start = epoch + 1, 0
 
     def _grad_norm(self) -> torch.Tensor:
+        """Global gradient L2 norm (over every rank's shards under FSDP: one all-reduce)."""
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        if self.parallel != "fsdp":
+            return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        local = torch.stack([torch.linalg.vector_norm(g.to_local().float()) for g in grads]).square().sum()
+        dist.all_reduce(local, op=dist.ReduceOp.SUM)
+        return local.sqrt()
+
+    def _clip_gradients(self, max_norm: float) -> torch.Tensor:
+        if self.parallel != "fsdp":
+            return torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        norm = self._grad_norm()
+        scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.to_local().mul_(scale)
+        return norm
+
+    def _gradient_sync(self, sync: bool):
+        """Reduce gradients only on the last micro-batch of a step (accumulate locally before it)."""
+        if self.parallel == "fsdp":
+            self.model.set_requires_gradient_sync(sync)
+        elif self.parallel == "ddp" and not sync:
+            return self.model.no_sync()
+        return nullcontext()
+
+    def after_step(self) -> None:
+        """Called on every rank after each optimizer step (a hook for tests and tools)."""
 
     # ------------------------------------------------------------------------------------------
     def fit(self) -> RunSummary:
         tc, mc = self.config.train, self.config.model
-        n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        log.info("run %s | preset %s | device %s | %d images (%d skipped at scan) | %.2fM trainable parameters",
-                 self.run_dir, self.config.preset, self.device, len(self.dataset), len(self.dataset.dropped), n_params / 1e6)
-        log.info("global batch %d (%d x %d accum) | lr = blr %.3g x %d / 256 = %.4g | %d steps/epoch | steps %d -> %d "
-                 "of %d (warmup %d) | %.2f GFLOPs/img forward", self.global_batch, tc.batch_size, tc.accum_steps, tc.blr,
-                 self.global_batch, self.peak_lr, self.steps_per_epoch, self.step, self.stop_step, self.total_steps,
-                 self.warmup_steps, self.flops_per_image / 1e9)
+        n_params = self.n_params
+        log.info("run %s | preset %s | device %s | %d rank(s), %s | %d images (%d skipped at scan) | "
+                 "%.2fM trainable parameters", self.run_dir, self.config.preset, self.device, self.world_size,
+                 self.parallel, len(self.dataset), len(self.dataset.dropped), n_params / 1e6)
+        log.info("global batch %d (%d x %d accum x %d ranks) | lr = blr %.3g x %d / 256 = %.4g | %d steps/epoch | "
+                 "steps %d -> %d of %d (warmup %d) | %.2f GFLOPs/img forward", self.global_batch, tc.batch_size,
+                 tc.accum_steps, self.world_size, tc.blr, self.global_batch, self.peak_lr, self.steps_per_epoch,
+                 self.step, self.stop_step, self.total_steps, self.warmup_steps, self.flops_per_image / 1e9)
         self.model.train()
         batches = self._micro_batches()
         meter = Throughput()
@@ -201,47 +310,60 @@ class Trainer:
         start_step = self.step
         while self.step < self.stop_step:
             set_learning_rate(self.optimizer, learning_rate(self.step, self.total_steps, self.warmup_steps, self.peak_lr, tc.min_lr))
-            for _ in range(tc.accum_steps):
+            for micro in range(tc.accum_steps):
                 wait_start = time.perf_counter()
                 epoch, batch = next(batches)
                 meter.data_wait += time.perf_counter() - wait_start
                 for path, reason in batch.skipped:
                     self.skipped.setdefault(path, reason)
                 images = batch.to(self.device, torch.float32, channels=mc.in_chans, non_blocking=True).images
-                with self.autocast:
-                    out = self.model(images)
-                (out.loss / tc.accum_steps).backward()
+                with self._gradient_sync(micro == tc.accum_steps - 1):
+                    with self.autocast:
+                        out = self.model(images)
+                    (out.loss / tc.accum_steps).backward()
                 loss_sum += out.loss.detach()
                 losses_in_window += 1
                 meter.images += images.shape[0]
             log_now = (self.step + 1) % tc.log_every == 0 or self.step + 1 == self.stop_step
             grad_norm = None
             if tc.grad_clip > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+                grad_norm = self._clip_gradients(tc.grad_clip)
             elif log_now:
                 grad_norm = self._grad_norm()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            self.after_step()
 
-            if log_now:  # the only host sync of a step
-                loss = loss_sum.item() / losses_in_window
+            if log_now:  # the only host sync of a step (and, with several ranks, the only collective)
+                elapsed, img_per_s, wait_pct = meter.summary()
+                if self.distributed:  # one all-reduce: loss sum, images/s of all ranks, worst data wait
+                    packed = torch.stack([loss_sum.detach().float(), torch.tensor(img_per_s, device=self.device)])
+                    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+                    loss = packed[0].item() / (losses_in_window * self.world_size)
+                    total_img_per_s = packed[1].item()
+                else:
+                    loss = loss_sum.item() / losses_in_window
+                    total_img_per_s = img_per_s
                 if not math.isfinite(loss):
                     raise FloatingPointError(
                         f"pretrain: expected a finite loss, got {loss} between steps {last_logged_step + 1} and "
                         f"{self.step}; last batch indices {batch.indices.tolist()}; last good checkpoint "
-                        f"{self.last_checkpoint or 'none'}. Lower train.blr or enable train.grad_clip")
-                elapsed, img_per_s, wait_pct = meter.summary()
+                        f"{self.last_checkpoint or 'none'}. Lower train.blr or enable train.grad_clip"
+                        + (f" (batch indices of rank {self.rank} of {self.world_size})" if self.distributed else ""))
                 step_time = (time.perf_counter() - run_start) / (self.step - start_step)
-                achieved = 3 * self.flops_per_image * img_per_s / 1e12  # forward + backward = 3x forward
+                per_device = total_img_per_s / self.world_size
+                achieved = 3 * self.flops_per_image * per_device / 1e12  # per device; forward + backward = 3x forward
                 record = {"step": self.step, "total_steps": self.stop_step, "epoch": epoch, "loss": loss,
                           "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
-                          "img_per_s": img_per_s, "tflops_per_s": achieved,
-                          "mfu": achieved / peak if peak else None, "data_wait_pct": wait_pct,
-                          "mem_gib": peak_memory_gib(self.device), "eta_s": step_time * (self.stop_step - self.step),
-                          "time": time.time()}
-                self.metrics.write(record)
-                log.info(format_line(record) + (f" mfu {record['mfu']:.1%}" if peak else " mfu n/a"))
+                          "img_per_s": per_device, "img_per_s_total": total_img_per_s, "world_size": self.world_size,
+                          "tflops_per_s": achieved, "mfu": achieved / peak if peak else None,
+                          "data_wait_pct": wait_pct, "mem_gib": peak_memory_gib(self.device),
+                          "eta_s": step_time * (self.stop_step - self.step), "time": time.time()}
+                if self.is_main:
+                    self.metrics.write(record)
+                    self.tensorboard.write(record)
+                    log.info(format_line(record))
                 first_loss = loss if first_loss is None else first_loss
                 last_loss = loss
                 last_logged_step = self.step
@@ -249,11 +371,14 @@ class Trainer:
                 losses_in_window = 0
                 meter.reset()
             finished = self.step == self.stop_step
-            if tc.visualize_every and self.step % tc.visualize_every == 0 or finished:
+            if (tc.visualize_every and self.step % tc.visualize_every == 0 or finished) and self.is_main:
                 self.write_reconstructions(images, out)
             if self.step % tc.checkpoint_every == 0 or finished:
                 self.save()
-        self._report_skipped()
+        self.skipped = gather_dict(self.skipped)
+        if self.is_main:
+            self._report_skipped()
+            self.tensorboard.close()
         return RunSummary(self.step, first_loss, last_loss, self.last_checkpoint, sorted(self.skipped.items()))
 
     def write_reconstructions(self, images: torch.Tensor, out) -> Path:

@@ -1,0 +1,131 @@
+"""Per-image fingerprints for curation: the 8-bit view, its entropy, a pixel hash and a perceptual hash.
+
+Legend: H, W = image height and width; C = channels (1 or 3).
+
+- **8-bit view** (:func:`eight_bit_view`): ``[H, W]`` uint8. 8-bit files are used as decoded; 16-bit
+  files go through the project's 16-bit rule (:mod:`infmae.data.mapping`, percentile 0.5 / 99.5 of the
+  whole image, the same ``clip((x - lo) / (hi - lo), 0, 1)`` in float32 as the loaders) and then
+  ``round(y * 255)``. Never a saturating conversion: Pillow's ``convert('L')`` of a 16-bit frame clips
+  every count above 255 to white, so all 16-bit frames would hash and measure alike. Colour images
+  are averaged to gray (as the reference loader does for ``in_chans=1``), then rounded.
+- **entropy** (:func:`entropy_bits`): Shannon entropy in bits of the 256-bin histogram of the view,
+  ``-sum(p * log2 p)`` over non-empty bins (0 for a constant image, 8 at most).
+- **pixel hash** (:func:`pixel_sha256`): SHA-256 of the DECODED pixels (dtype, shape, then the bytes),
+  not of the file, so a lossless re-encoding (PNG -> TIFF, another compression level) is an exact
+  duplicate too.
+- **perceptual hash** (:func:`phash64`): the 64-bit DCT pHash: the view resized to a 32x32 thumbnail
+  (Pillow, Lanczos), a 2-D DCT-II (orthonormal, numpy matrix product), the top-left 8x8 coefficients
+  compared with their median; bit ``k`` (row-major over the 8x8 block) is the bit of value ``2**k``.
+  Affine brightness/contrast changes, mild noise, small shifts and re-quantisation move only a few bits.
+  :func:`dct_hashes` also returns the 256-bit variant (16x16 block) used to verify candidate pairs.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from PIL import Image
+
+from infmae.data.mapping import image_range
+
+THUMB_SIZE = 32
+HASH_SIDE = 8
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    """Orthonormal DCT-II matrix ``D`` [n, n]: ``D @ x`` is the DCT of the column vector ``x``."""
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    matrix = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    matrix[0] /= np.sqrt(2.0)
+    return matrix
+
+
+_DCT = _dct_matrix(THUMB_SIZE)
+_BIT_VALUES = (1 << np.arange(64, dtype=np.uint64)).astype(np.uint64)
+
+
+def eight_bit_view(array: np.ndarray) -> np.ndarray:
+    """``[H, W, C]`` uint8/uint16 from ``read_image`` -> ``[H, W]`` uint8 gray view (module docstring)."""
+    if array.ndim != 3 or array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(
+            f"eight_bit_view: expected [H,W,C] uint8/uint16, got shape {array.shape} dtype {array.dtype}; "
+            "decode with infmae.data.io.read_image"
+        )
+    if array.dtype == np.uint16:
+        lo, hi = image_range(array, "percentile", 0.5, 99.5)
+        if hi > lo:
+            unit = np.clip((array.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+        else:  # flat image: the mapping's rule sends it to zeros
+            unit = np.zeros(array.shape, np.float32)
+        view = np.round(unit * 255.0)
+    else:
+        view = array
+    if view.shape[-1] == 1:
+        return np.ascontiguousarray(view[..., 0], dtype=np.uint8)
+    return np.round(view.astype(np.float32).mean(axis=-1)).astype(np.uint8)
+
+
+def entropy_bits(view: np.ndarray) -> float:
+    """Shannon entropy in bits of the 256-bin histogram of a uint8 array."""
+    if view.dtype != np.uint8 or view.size == 0:
+        raise ValueError(f"entropy_bits: expected a non-empty uint8 array, got dtype {view.dtype} size {view.size}")
+    counts = np.bincount(view.ravel(), minlength=256).astype(np.float64)
+    p = counts[counts > 0] / view.size
+    return float(max(0.0, -(p * np.log2(p)).sum()))
+
+
+def pixel_sha256(array: np.ndarray) -> str:
+    """Hex SHA-256 of decoded pixels, including dtype and shape (so equal bytes of other layouts differ)."""
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
+def _low_dct(view: np.ndarray) -> np.ndarray:
+    """The 2-D DCT-II of the 32x32 Lanczos thumbnail of a ``[H, W]`` uint8 view (float64 [32, 32])."""
+    image = Image.fromarray(np.ascontiguousarray(view))
+    thumb = image.resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    pixels = np.asarray(thumb, dtype=np.float64)
+    return _DCT @ pixels @ _DCT.T
+
+
+def _median_bits(block: np.ndarray) -> np.ndarray:
+    values = block.ravel()
+    return values > np.median(values)
+
+
+def phash64(view: np.ndarray) -> int:
+    """64-bit DCT perceptual hash of a ``[H, W]`` uint8 view, as a Python int in [0, 2**64)."""
+    bits = _median_bits(_low_dct(view)[:HASH_SIDE, :HASH_SIDE])
+    return int(_BIT_VALUES[bits].sum(dtype=np.uint64))
+
+
+def dct_hashes(view: np.ndarray) -> tuple[int, str]:
+    """``(phash64, phash256)`` from one thumbnail: the 64-bit pHash, and the 256-bit pHash (the 16x16
+    low-frequency block against its median) as 64 hex digits. The 64-bit hash is what the index searches;
+    the 256-bit one, which also sees finer structure, verifies each pair the index finds (two different
+    low-texture scenes, e.g. sky over ground, can share most of their 64 coarsest bits)."""
+    dct = _low_dct(view)
+    bits64 = _median_bits(dct[:HASH_SIDE, :HASH_SIDE])
+    bits256 = _median_bits(dct[: 2 * HASH_SIDE, : 2 * HASH_SIDE])
+    return int(_BIT_VALUES[bits64].sum(dtype=np.uint64)), np.packbits(bits256).tobytes().hex()
+
+
+def hex_to_words(hex_digits: str) -> np.ndarray:
+    """A 256-bit hash as 64 hex digits -> ``[4]`` uint64 words (for :func:`popcount64` distances)."""
+    return np.frombuffer(bytes.fromhex(hex_digits), dtype=">u8").astype(np.uint64)
+
+
+def hamming(a: int, b: int) -> int:
+    """Number of differing bits of two hashes."""
+    return (int(a) ^ int(b)).bit_count()
+
+
+def popcount64(values: np.ndarray) -> np.ndarray:
+    """Per-element number of set bits of a uint64 array (SWAR, no Python loop)."""
+    x = values.astype(np.uint64, copy=True)
+    x -= (x >> np.uint64(1)) & np.uint64(0x5555555555555555)
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return ((x * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.int64)

@@ -1,0 +1,342 @@
+"""Triton depthwise 5x5 conv over visible tiles: the token mixer of the sparse encoder, with its gradients.
+
+Shape legend: B batch, K visible tiles per image, T tile side (4 at stage 1, 2 at stage 2), C channels.
+``tiles_BKTTC`` [B,K,T,T,C] channels-last; ``neighbours_BK9`` [B,K,9] int64 from
+``reference.tile_neighbours`` (slot ``3*(dy+1) + (dx+1)``: the tile at patch offset (dy, dx), an index into
+the K tiles of the same image, -1 where that patch is masked or outside the image).
+
+Public op (same signature, output and gradients as its eager twin ``reference.depthwise_conv5x5_tiles``):
+``depthwise_conv5x5_tiles(tiles, neighbours, weight [C,1,5,5], bias [C] | None) -> [B,K,T,T,C]`` in the
+tiles' dtype: the dense ``conv2d(padding=2, groups=C)`` of the map in which only the visible tiles are
+non-zero, evaluated on those tiles; the 2-pixel halo comes from the 8 neighbours, zero for -1.
+
+Layering (as kernels/tokens.py): private ``@triton.jit`` kernels; launchers
+(``depthwise_conv5x5_tiles_forward`` / ``_backward``) that validate, accept ``out=`` and launch; custom ops
+``infmae::depthwise_tiles_fwd`` / ``_bwd`` with fake implementations (single graph nodes for
+``torch.compile``); a ``torch.autograd.Function``.
+
+Design notes:
+- Forward: one program per (tile, block of channels): T*T output pixels x BLOCK_C channels, 25 taps; each
+  tap's source pixel lies in one of the 9 neighbourhood tiles, whose index is read from the table (masked
+  load, zero for -1). fp32 accumulation, one rounding at the store.
+- Input gradient: the same kernel on the output gradient with the weight flipped (``FLIP``):
+  ``grad_in(p) = sum_e grad_out(p + e - 2) * w[4 - e]``. The neighbour relation is symmetric, and masked
+  tiles have neither inputs nor outputs, so the table serves both directions.
+- Weight and bias gradients: no atomics. Each program sums ``grad_out * shifted input`` over a fixed chunk of
+  tiles for its channel block into fp32 partials [P,26,C] (25 taps + the bias); the partials are then summed
+  over P by ``torch.sum`` in a fixed order: bitwise deterministic.
+- One config, from T and C (no autotune). Under the Triton interpreter (CPU tests) bf16 arithmetic and
+  fp32->bf16 conversion are wrong, so every load is converted to fp32 and stores round by integer ops
+  (``_to_dtype_rtne`` of kernels/tokens.py).
+- Written for torch 2.11-2.13 and Triton 3.6-3.7: no block pointers, no tensor descriptors.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import reference
+from kernels._launch import use_triton
+from kernels.tokens import _to_dtype_rtne
+
+__all__ = ["CHECK_NEIGHBOURS", "depthwise_conv5x5_tiles", "depthwise_conv5x5_tiles_forward",
+           "depthwise_conv5x5_tiles_backward"]
+
+OP = "depthwise_conv5x5_tiles"
+CHECK_NEIGHBOURS = True
+"""Debugging guard: check that every neighbour index is in [-1, K) before each forward launch (one host
+sync). Without it an index out of range reads out of bounds. The trainer may turn it off."""
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_TARGET_PARTIALS = 512  # weight gradient: about this many fp32 partial rows (chunks of tiles)
+_TAP_SLOTS = 32  # the 25 taps padded to a power of two
+
+
+def _fail(expected: str, got: str, hint: str) -> None:
+    raise ValueError(f"{OP}: expected {expected}, got {got}; {hint}")
+
+
+def _use_triton(t: torch.Tensor) -> bool:
+    """The shared launch rule (kernels/_launch.py)."""
+    return use_triton(t, _depthwise_tiles_kernel)
+
+
+def _config(T: int, C: int) -> tuple[int, int, int]:
+    """(BLOCK_P, BLOCK_C, num_warps): all T*T pixels of a tile x 32 tap slots (25 used) x BLOCK_C channels,
+    about 8192 elements per program (T=4: 16 channels, T=2: 64), fewer for narrow C."""
+    block_p = triton.next_power_of_2(T * T)
+    block_c = min(triton.next_power_of_2(max(C, 1)), max(16, 8192 // (block_p * _TAP_SLOTS)))
+    return block_p, block_c, 8 if block_p * _TAP_SLOTS * block_c >= 8192 else 4  # 8 warps: fewer registers each
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernels
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _gather_window(src_ptr, s_b, s_k, s_y, s_x, s_c, neighbour_row, s_slot, batch, pixel_ok, cols, col_ok,
+                   T: tl.constexpr, BLOCK_P: tl.constexpr, TAPS: tl.constexpr):
+    """For every pixel p of a tile and tap (dy, dx) = (t // 5, t % 5): src at pixel (p + (dy, dx) - 2),
+    read from the neighbourhood tile it falls in (zero for a -1 neighbour): [BLOCK_P, TAPS, BLOCK_C] fp32.
+    All 25 taps in one tensor: one gather per program (the interpreter's cost is per operation)."""
+    pixels = tl.arange(0, BLOCK_P)
+    taps = tl.arange(0, TAPS)
+    yy = (pixels // T)[:, None] + (taps // 5)[None, :] + (T - 2)  # row in the 3T x 3T neighbourhood
+    xx = (pixels % T)[:, None] + (taps % 5)[None, :] + (T - 2)
+    ny = yy // T
+    nx = xx // T
+    ok = pixel_ok[:, None] & (taps < 25)[None, :]
+    neighbour = tl.load(neighbour_row + (ny * 3 + nx) * s_slot, mask=ok, other=-1)  # [P, TAPS] int64
+    ok = ok & (neighbour >= 0)
+    base = src_ptr + batch * s_b + neighbour * s_k + (yy - ny * T) * s_y + (xx - nx * T) * s_x
+    values = tl.load(base[:, :, None] + cols[None, None, :] * s_c, mask=ok[:, :, None] & col_ok[None, None, :],
+                     other=0.0)
+    return values.to(tl.float32)
+
+
+@triton.jit
+def _depthwise_tiles_kernel(
+    src_ptr, s_b, s_k, s_y, s_x, s_c,
+    nb_ptr, nb_b, nb_k, nb_s,
+    w_ptr, w_c, w_y, w_x,
+    bias_ptr, bias_s,
+    out_ptr, o_b, o_k, o_y, o_x, o_c,
+    K, C,
+    T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, TAPS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, FLIP: tl.constexpr,
+):
+    """out[b,k,p,c] = sum_taps w[c, tap] * src[pixel p + tap - 2 of the neighbourhood] (+ bias[c]).
+    FLIP: the weight read as w[c, 4-dy, 4-dx] (the input gradient). Grid (B*K, cdiv(C, BLOCK_C))."""
+    tile = tl.program_id(0).to(tl.int64)
+    batch = tile // K
+    k = tile % K
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < C
+    pixels = tl.arange(0, BLOCK_P)
+    pixel_ok = pixels < T * T
+    values = _gather_window(src_ptr, s_b, s_k, s_y, s_x, s_c, nb_ptr + batch * nb_b + k * nb_k, nb_s, batch,
+                            pixel_ok, cols, col_ok, T, BLOCK_P, TAPS)
+    taps = tl.arange(0, TAPS)
+    if FLIP:
+        taps = 24 - taps  # w[4 - dy, 4 - dx]
+    w_mask = (tl.arange(0, TAPS) < 25)[:, None] & col_ok[None, :]
+    w = tl.load(w_ptr + cols[None, :] * w_c + (taps // 5)[:, None] * w_y + (taps % 5)[:, None] * w_x, mask=w_mask,
+                other=0.0).to(tl.float32)  # [TAPS, BLOCK_C]
+    acc = tl.sum(values * w[None, :, :], axis=1)  # [BLOCK_P, BLOCK_C]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols * bias_s, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    dst = out_ptr + batch * o_b + k * o_k + (pixels // T) * o_y + (pixels % T) * o_x
+    tl.store(dst[:, None] + cols[None, :] * o_c, _to_dtype_rtne(acc, out_ptr.dtype.element_ty),
+             mask=pixel_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _depthwise_tiles_wgrad_kernel(
+    x_ptr, x_b, x_k, x_y, x_x, x_c,
+    g_ptr, g_b, g_k, g_y, g_x, g_c,
+    nb_ptr, nb_b, nb_k, nb_s,
+    partial_ptr,
+    num_tiles, K, C, tiles_per_program,
+    T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, TAPS: tl.constexpr,
+):
+    """partial[p, tap, c] = sum over the program's chunk of tiles and their pixels of grad * x[pixel + tap - 2],
+    partial[p, 25, c] = the sum of grad (the bias). Tiles in a fixed order.
+    Grid (P, cdiv(C, BLOCK_C)); partial [P,26,C] fp32 contiguous."""
+    chunk = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < C
+    pixels = tl.arange(0, BLOCK_P)
+    acc = tl.zeros([TAPS, BLOCK_C], dtype=tl.float32)
+    acc_bias = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for step in range(0, tiles_per_program):
+        tile = chunk * tiles_per_program + step
+        pixel_ok = (pixels < T * T) & (tile < num_tiles)
+        batch = tile // K
+        k = tile % K
+        grad_src = g_ptr + batch * g_b + k * g_k + (pixels // T) * g_y + (pixels % T) * g_x
+        grad = tl.load(grad_src[:, None] + cols[None, :] * g_c, mask=pixel_ok[:, None] & col_ok[None, :],
+                       other=0.0).to(tl.float32)  # [BLOCK_P, BLOCK_C]
+        values = _gather_window(x_ptr, x_b, x_k, x_y, x_x, x_c, nb_ptr + batch * nb_b + k * nb_k, nb_s, batch,
+                                pixel_ok, cols, col_ok, T, BLOCK_P, TAPS)
+        acc += tl.sum(grad[:, None, :] * values, axis=0)
+        acc_bias += tl.sum(grad, axis=0)
+    taps = tl.arange(0, TAPS)
+    row = partial_ptr + chunk * 26 * C
+    tl.store(row + taps[:, None] * C + cols[None, :], acc, mask=(taps < 25)[:, None] & col_ok[None, :])
+    tl.store(row + 25 * C + cols, acc_bias, mask=col_ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# launchers
+# ---------------------------------------------------------------------------------------------
+def _validate(tiles, neighbours, weight, bias) -> None:
+    reference.check_depthwise_tiles_inputs(OP, tiles, neighbours, weight, bias, dtypes=_FLOAT_DTYPES)
+
+
+def _check_neighbour_values(neighbours: torch.Tensor, K: int) -> None:
+    if CHECK_NEIGHBOURS and neighbours.numel() and neighbours.device.type != "meta":
+        low, high = int(neighbours.min()), int(neighbours.max())
+        if low < -1 or high >= K:
+            _fail(f"neighbour indices in [-1, {K})", f"values in [{low}, {high}]",
+                  "build the table with reference.tile_neighbours(ids_keep, grid_hw)")
+
+
+def _check_out(name: str, out: torch.Tensor | None, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+    if out is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(shape) or out.dtype != dtype \
+            or out.device != torch.device(device):
+        got = f"{tuple(out.shape)} {out.dtype} {out.device}" if isinstance(out, torch.Tensor) else type(out).__name__
+        _fail(f"{name} of shape {tuple(shape)}, dtype {dtype} on {device}", got, f"allocate {name} like the result")
+    return out
+
+
+def _weight_view(weight: torch.Tensor) -> torch.Tensor:
+    return weight.reshape(weight.shape[0], 5, 5)  # a view for the usual contiguous [C,1,5,5]
+
+
+def _launch(src, neighbours, weight, bias, out, flip: bool) -> None:
+    B, K, T, _, C = src.shape
+    if B * K * C == 0:
+        return
+    w = _weight_view(weight)
+    block_p, block_c, num_warps = _config(T, C)
+    _depthwise_tiles_kernel[(B * K, triton.cdiv(C, block_c))](
+        src, *src.stride(),
+        neighbours, *neighbours.stride(),
+        w, *w.stride(),
+        bias if bias is not None else w, bias.stride(0) if bias is not None else 0,
+        out, *out.stride(),
+        K, C,
+        T=T, BLOCK_P=block_p, BLOCK_C=block_c, TAPS=_TAP_SLOTS, HAS_BIAS=bias is not None, FLIP=flip,
+        num_warps=num_warps,
+    )
+
+
+def depthwise_conv5x5_tiles_forward(tiles_BKTTC: torch.Tensor, neighbours_BK9: torch.Tensor, weight_C155: torch.Tensor,
+                                    bias_C: torch.Tensor | None = None,
+                                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """One launch: the twin's output [B,K,T,T,C] in the tiles' dtype (fp32 accumulation, one rounding)."""
+    _validate(tiles_BKTTC, neighbours_BK9, weight_C155, bias_C)
+    out = _check_out("out", out, tuple(tiles_BKTTC.shape), tiles_BKTTC.dtype, tiles_BKTTC.device)
+    _check_neighbour_values(neighbours_BK9, tiles_BKTTC.shape[1])
+    if not _use_triton(tiles_BKTTC):
+        return out.copy_(reference.depthwise_conv5x5_tiles(tiles_BKTTC, neighbours_BK9, weight_C155, bias_C))
+    _launch(tiles_BKTTC, neighbours_BK9, weight_C155, bias_C, out, flip=False)
+    return out
+
+
+def depthwise_conv5x5_tiles_backward(grad_BKTTC: torch.Tensor, tiles_BKTTC: torch.Tensor, neighbours_BK9: torch.Tensor,
+                                     weight_C155: torch.Tensor, has_bias: bool = True,
+                                     out: tuple | None = None
+                                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """-> (tiles gradient [B,K,T,T,C] in the tiles' dtype, weight gradient in the weight's shape and dtype,
+    bias gradient [C] in the weight's dtype, or None without a bias). ``out``: optional tensors for them.
+
+    Input gradient: one launch of the forward kernel with the flipped weight. Weight and bias gradients: one
+    launch writing fp32 partials per chunk of tiles, then a fixed-order ``torch.sum`` (no atomics)."""
+    _validate(tiles_BKTTC, neighbours_BK9, weight_C155, None)
+    if not isinstance(grad_BKTTC, torch.Tensor) or grad_BKTTC.shape != tiles_BKTTC.shape \
+            or grad_BKTTC.dtype not in _FLOAT_DTYPES:
+        got = f"{tuple(grad_BKTTC.shape)} {grad_BKTTC.dtype}" if isinstance(grad_BKTTC, torch.Tensor) else \
+            type(grad_BKTTC).__name__
+        _fail(f"grad of shape {tuple(tiles_BKTTC.shape)} and a float dtype", got, "pass the gradient of the output")
+    B, K, T, _, C = tiles_BKTTC.shape
+    out = tuple(out) if out is not None else (None, None, None)
+    if len(out) != 3:
+        _fail("out as 3 tensors (tiles, weight, bias gradients)", f"{len(out)} items", "pass None for any of them")
+    grad_tiles = _check_out("out[0]", out[0], tuple(tiles_BKTTC.shape), tiles_BKTTC.dtype, tiles_BKTTC.device)
+    grad_weight = _check_out("out[1]", out[1], tuple(weight_C155.shape), weight_C155.dtype, weight_C155.device)
+    grad_bias = _check_out("out[2]", out[2], (C,), weight_C155.dtype, weight_C155.device) if has_bias else None
+    if not _use_triton(tiles_BKTTC):
+        with torch.enable_grad():
+            leaves = [tiles_BKTTC.detach().requires_grad_(), weight_C155.detach().requires_grad_()]
+            bias = torch.zeros(C, dtype=weight_C155.dtype, device=weight_C155.device, requires_grad=True)
+            result = reference.depthwise_conv5x5_tiles(leaves[0], neighbours_BK9, leaves[1], bias if has_bias else None)
+            grads = torch.autograd.grad(result, leaves + ([bias] if has_bias else []), grad_BKTTC)
+        grad_tiles.copy_(grads[0])
+        grad_weight.copy_(grads[1])
+        if has_bias:
+            grad_bias.copy_(grads[2])
+        return grad_tiles, grad_weight, grad_bias
+    _launch(grad_BKTTC, neighbours_BK9, weight_C155, None, grad_tiles, flip=True)
+    num_tiles = B * K
+    if num_tiles * C == 0:
+        grad_weight.zero_()
+        if has_bias:
+            grad_bias.zero_()
+        return grad_tiles, grad_weight, grad_bias
+    tiles_per_program = max(1, triton.cdiv(num_tiles, _TARGET_PARTIALS))
+    num_partials = triton.cdiv(num_tiles, tiles_per_program)
+    partial = torch.empty(num_partials, 26, C, dtype=torch.float32, device=tiles_BKTTC.device)
+    block_p, block_c, num_warps = _config(T, C)
+    _depthwise_tiles_wgrad_kernel[(num_partials, triton.cdiv(C, block_c))](
+        tiles_BKTTC, *tiles_BKTTC.stride(),
+        grad_BKTTC, *grad_BKTTC.stride(),
+        neighbours_BK9, *neighbours_BK9.stride(),
+        partial,
+        num_tiles, K, C, tiles_per_program,
+        T=T, BLOCK_P=block_p, BLOCK_C=block_c, TAPS=_TAP_SLOTS, num_warps=num_warps,
+    )
+    totals = partial.sum(dim=0)  # [26, C] fp32, a fixed-order reduction
+    grad_weight.copy_(totals[:25].t().reshape(grad_weight.shape))
+    if has_bias:
+        grad_bias.copy_(totals[25])
+    return grad_tiles, grad_weight, grad_bias
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library custom ops: single graph nodes for torch.compile
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("infmae::depthwise_tiles_fwd", mutates_args=())
+def _fwd_op(tiles: torch.Tensor, neighbours: torch.Tensor, weight: torch.Tensor,
+            bias: torch.Tensor | None) -> torch.Tensor:
+    return depthwise_conv5x5_tiles_forward(tiles, neighbours, weight, bias)
+
+
+@_fwd_op.register_fake
+def _(tiles, neighbours, weight, bias):
+    return torch.empty_like(tiles, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("infmae::depthwise_tiles_bwd", mutates_args=())
+def _bwd_op(grad: torch.Tensor, tiles: torch.Tensor, neighbours: torch.Tensor, weight: torch.Tensor,
+            has_bias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    grad_tiles, grad_weight, grad_bias = depthwise_conv5x5_tiles_backward(grad, tiles, neighbours, weight, has_bias)
+    if grad_bias is None:  # a custom op returns tensors only
+        grad_bias = weight.new_zeros(0)
+    return grad_tiles, grad_weight, grad_bias
+
+
+@_bwd_op.register_fake
+def _(grad, tiles, neighbours, weight, has_bias):
+    return (torch.empty_like(tiles, memory_format=torch.contiguous_format),
+            torch.empty_like(weight, memory_format=torch.contiguous_format),
+            weight.new_empty(weight.shape[0] if has_bias else 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# autograd and the public op
+# ---------------------------------------------------------------------------------------------
+class _DepthwiseTiles(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tiles, neighbours, weight, bias):
+        ctx.save_for_backward(tiles, neighbours, weight)
+        ctx.has_bias = bias is not None
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return _fwd_op(tiles, neighbours, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        tiles, neighbours, weight = ctx.saved_tensors
+        grad_tiles, grad_weight, grad_bias = _bwd_op(grad.contiguous(), tiles, neighbours, weight, ctx.has_bias)
+        return (grad_tiles if ctx.needs_input_grad[0] else None, None,
+                grad_weight if ctx.needs_input_grad[2] else None,
+                grad_bias.to(ctx.bias_dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None)
+
+
+def depthwise_conv5x5_tiles(tiles_BKTTC: torch.Tensor, neighbours_BK9: torch.Tensor, weight_C155: torch.Tensor,
+                            bias_C: torch.Tensor | None = None) -> torch.Tensor:
+    """The twin's op (``reference.depthwise_conv5x5_tiles``) by Triton kernels, forward and backward."""
+    _validate(tiles_BKTTC, neighbours_BK9, weight_C155, bias_C)
+    return _DepthwiseTiles.apply(tiles_BKTTC, neighbours_BK9, weight_C155, bias_C)

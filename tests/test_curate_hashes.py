@@ -1,0 +1,153 @@
+"""Fingerprints of infmae.curate: the 8-bit view, entropy (issue 4, bar 3), pHash, and the
+multi-index-hashing near-duplicate search checked against brute force."""
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from infmae.curate.hashes import eight_bit_view, entropy_bits, phash64, pixel_sha256, popcount64
+from infmae.curate.index import chunk_layout, near_duplicate_labels, near_pairs
+from infmae.data.mapping import to_unit_float
+from infmae.data.synthetic import make_scene, to_counts16
+
+
+def _python_entropy(values) -> float:
+    """Independent: a Counter over the values, no numpy."""
+    counts = Counter(int(v) for v in values)
+    n = sum(counts.values())
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def test_entropy_known_images():
+    rng = np.random.default_rng(0)
+    assert entropy_bits(np.full((40, 50), 137, np.uint8)) == 0.0
+    assert entropy_bits(eight_bit_view(np.full((40, 50, 1), 8123, np.uint16))) == 0.0  # flat 16-bit: zeros
+    halves = np.zeros((10, 10), np.uint8)
+    halves[5:] = 200
+    assert entropy_bits(halves) == pytest.approx(1.0, abs=1e-12)
+    quarters = np.arange(4, dtype=np.uint8).repeat(25).reshape(10, 10) * 60
+    assert entropy_bits(quarters) == pytest.approx(2.0, abs=1e-12)
+    every_level = np.arange(256, dtype=np.uint8).repeat(4).reshape(32, 32)
+    assert entropy_bits(every_level) == pytest.approx(8.0, abs=1e-12)
+    noise = rng.integers(0, 256, (512, 512), dtype=np.uint8)
+    assert 7.99 < entropy_bits(noise) <= 8.0
+
+
+@pytest.mark.parametrize("kind", ["gray8", "counts16", "rgb8"])
+def test_entropy_matches_independent_computations(kind):
+    rng = np.random.default_rng(hash(kind) % 2**32)
+    scene = make_scene(96, 128, rng)
+    if kind == "gray8":
+        array = np.round(scene * 255).astype(np.uint8)[..., None]
+    elif kind == "counts16":
+        array = to_counts16(scene, rng)[..., None]
+    else:
+        array = np.stack([np.round(scene * 255), np.round(scene**2 * 255), rng.integers(0, 256, scene.shape)], -1)
+        array = array.astype(np.uint8)
+    view = eight_bit_view(array)
+    # the view follows the project's mapping: to_unit_float (torch) * 255, rounded, colour averaged
+    unit = to_unit_float(array).numpy()  # [C, H, W]
+    expected = np.round(np.round(unit * 255).mean(axis=0)).astype(np.uint8)
+    assert np.array_equal(view, expected)
+    entropy = entropy_bits(view)
+    assert entropy == pytest.approx(_python_entropy(view.ravel()), abs=1e-9)
+    assert entropy == pytest.approx(Image.fromarray(view).entropy(), abs=1e-6)  # Pillow's own computation
+    assert 3.0 < entropy < 8.0
+
+
+def test_eight_bit_view_uses_the_percentile_range_not_saturation():
+    rng = np.random.default_rng(4)
+    counts = to_counts16(make_scene(64, 80, rng), rng)[..., None]
+    view = eight_bit_view(counts)
+    assert view.min() == 0 and view.max() == 255  # stretched over the robust range
+    assert len(np.unique(view)) > 100
+    with pytest.raises(ValueError, match="expected \\[H,W,C\\] uint8/uint16"):
+        eight_bit_view(counts[..., 0])
+
+
+def test_phash_properties():
+    rng = np.random.default_rng(9)
+    scene = np.round(make_scene(128, 160, rng) * 255).astype(np.uint8)
+    value = phash64(scene)
+    assert 0 <= value < 2**64 and 20 <= bin(value).count("1") <= 44  # median split: about half set
+    assert phash64(scene) == value  # deterministic
+    brighter = np.clip(scene.astype(np.int64) + 10, 0, 255).astype(np.uint8)
+    assert (phash64(brighter) ^ value).bit_count() <= 4
+    other = np.round(make_scene(128, 160, rng) * 255).astype(np.uint8)
+    assert (phash64(other) ^ value).bit_count() > 12
+    assert pixel_sha256(scene[..., None]) != pixel_sha256(scene[None])  # layout is part of the hash
+    assert pixel_sha256(scene.copy()) == pixel_sha256(scene)
+
+
+def test_popcount_matches_python():
+    rng = np.random.default_rng(1)
+    values = rng.integers(0, 2**64 - 1, 1000, dtype=np.uint64, endpoint=True)
+    assert popcount64(values).tolist() == [int(v).bit_count() for v in values.tolist()]
+
+
+@pytest.mark.parametrize("threshold", [0, 1, 3, 6, 10])
+def test_near_pairs_equal_brute_force(threshold):
+    rng = np.random.default_rng(threshold)
+    hashes = rng.integers(0, 2**64 - 1, 1500, dtype=np.uint64, endpoint=True)
+    for k in range(300):  # plant neighbours at every distance up to 12
+        flips = rng.choice(64, k % 13, replace=False)
+        hashes[1500 - 1 - k] = hashes[k] ^ np.uint64(sum(1 << int(b) for b in flips))
+    distinct = np.unique(hashes)
+    got = {tuple(p) for p in near_pairs(distinct, threshold).tolist()}
+    distance = popcount64(distinct[:, None] ^ distinct[None, :])
+    rows, cols = np.nonzero(np.triu(distance <= threshold, 1))
+    assert got == set(zip(rows.tolist(), cols.tolist()))
+    assert threshold == 0 or len(got) > 0
+
+
+def test_labels_are_connected_components():
+    hashes = np.array([0b0, 0b1, 0b11, 0b111 << 20, 0b0, (1 << 63) | 0b1111111], dtype=np.uint64)
+    labels = near_duplicate_labels(hashes, 1)
+    # 0 ~ 1 ~ 3 chain into one group (with the repeated 0); the others alone
+    assert labels[0] == labels[1] == labels[2] == labels[4]
+    assert len({labels[0], labels[3], labels[5]}) == 3
+    assert near_duplicate_labels(np.zeros(0, np.uint64), 6).shape == (0,)
+    with pytest.raises(ValueError, match="expected --hamming in"):
+        near_pairs(hashes, 99)
+
+
+def test_chunk_layout_covers_64_bits():
+    for n, t in itertools.product([10, 10_000, 300_000, 10_000_000], [0, 2, 6, 12]):
+        layout = chunk_layout(n, t)
+        assert sum(w for _, w in layout) == 64 and layout[0][0] == 0
+        assert all(s1 == s0 + w0 for (s0, w0), (s1, _) in zip(layout, layout[1:]))
+        assert 1 <= len(layout) <= max(3, t + 1)  # 3 chunks of <= 24 bits when t + 1 chunks would be wider
+
+
+def test_index_pairs_are_verified_by_the_256_bit_hash(tmp_path):
+    """Two files whose 64-bit pHashes collide (distance 2) are grouped only when their 256-bit pHashes
+    agree too: a chance collision of the coarse hash on different scenes is not a near-duplicate."""
+    from infmae.curate.manifest import VERIFY_FACTOR, decide
+    from infmae.curate.scan import COLUMNS, open_store
+
+    rng = np.random.default_rng(0)
+    words = rng.integers(0, 2**64 - 1, 4, dtype=np.uint64, endpoint=True)
+    near = words.copy()
+    near[0] ^= np.uint64(0b111)  # 3 bits apart
+    far = ~words  # 256 bits apart
+    hex256 = lambda w: w.astype(">u8").tobytes().hex()  # noqa: E731
+    connection = open_store(tmp_path)
+    base = dict(size=1, mtime_ns=1, format="PNG", width=64, height=64, bits=8, channels=1, entropy=5.0, error=None)
+    rows = [
+        dict(base, path="a.png", sha256="aa", phash="00000000000000f0", phash256=hex256(words)),
+        dict(base, path="b.png", sha256="bb", phash="00000000000000f3", phash256=hex256(near)),
+        dict(base, path="c.png", sha256="cc", phash="00000000000000f1", phash256=hex256(far)),
+    ]
+    connection.executemany(f"INSERT INTO files VALUES ({', '.join('?' * len(COLUMNS))})",
+                           [tuple(r[c] for c in COLUMNS) for r in rows])
+    connection.commit()
+    decisions = decide(connection, hamming=6)
+    assert decisions.group[0] == decisions.group[1] != "" and decisions.group[2] == ""
+    assert decisions.reason == ["", "near_duplicate", ""]
+    assert 3 <= VERIFY_FACTOR * 6 < 256
+    connection.close()

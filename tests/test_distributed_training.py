@@ -1,0 +1,174 @@
+"""Two ranks on gloo (CPU), spawned with torch.multiprocessing (no torchrun): the sharded run matches one
+process on the same global batch, parameters stay identical across ranks, gradient accumulation matches
+a larger batch, resume on 2 ranks is bit-exact, and a rank killed during a save leaves ``latest`` on the
+previous, loadable checkpoint."""
+import json
+import os
+import socket
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from infmae.config import Config, DataConfig, ModelConfig, TrainConfig
+from infmae.data import generate_dataset
+from infmae.training import checkpoint as ckpt
+from infmae.training.trainer import Trainer
+from tests.tolerances import tol
+
+pytestmark = pytest.mark.distributed
+WORLD = 2
+STEPS = 3  # N: 16 images / global batch 8 = 2 steps per epoch, so 2N steps cross epoch boundaries
+
+
+def tiny_config(data_path, **train):
+    model = ModelConfig(img_size=(48, 48), embed_dims=(16, 24, 32), depths=(1, 1, 1), num_heads=2,
+                        decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    settings = dict(batch_size=4, epochs=4, warmup_epochs=1, blr=1e-2, log_every=1, checkpoint_every=1000,
+                    visualize_every=0, tensorboard=False)
+    settings.update(train)
+    return Config(model=model, data=DataConfig(path=str(data_path), num_workers=0), train=TrainConfig(**settings),
+                  preset="test")
+
+
+class RecordingTrainer(Trainer):
+    """Keeps the full (unsharded) parameter vector after every optimizer step."""
+
+    def after_step(self) -> None:
+        full = [p.full_tensor() if hasattr(p, "full_tensor") else p.detach()
+                for _, p in sorted(self.module.named_parameters())]
+        self.__dict__.setdefault("params_per_step", []).append(torch.cat([t.flatten() for t in full]).clone())
+
+
+def losses(run_dir, key="loss"):
+    return [json.loads(line)[key] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank, world, port, job, args):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    try:
+        job(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(job, *args):
+    mp.spawn(_entry, args=(WORLD, _free_port(), job, args), nprocs=WORLD, join=True)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist_data")
+    generate_dataset(root, 16, seed=5, include_bad=False)
+    return root
+
+
+# ----------------------------------------------------------------------------------------------
+# bars 1 and 4: 2 ranks vs 1 process; accumulation vs a larger batch; parameters equal across ranks
+# ----------------------------------------------------------------------------------------------
+def _job_parallel(rank, data, out, parallel):
+    runs = {"big": dict(batch_size=4, accum_steps=1), "accum": dict(batch_size=2, accum_steps=2)}
+    result = {}
+    for name, train in runs.items():
+        trainer = RecordingTrainer(tiny_config(data, max_steps=STEPS, parallel=parallel, **train), out / f"{name}")
+        trainer.fit()
+        result[name] = trainer.params_per_step
+    torch.save(result, out / f"params_rank{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def single(data, tmp_path_factory):
+    """One process, 8 images per step: the reference for 2 ranks x 4 images."""
+    run = tmp_path_factory.mktemp("single") / "run"
+    trainer = RecordingTrainer(tiny_config(data, max_steps=STEPS, batch_size=8), run)
+    trainer.fit()
+    return losses(run), trainer.params_per_step, losses(run, "grad_norm")
+
+
+@pytest.mark.parametrize("parallel", ["fsdp", "ddp"])
+def test_two_ranks_match_one_process_and_stay_identical(tmp_path, data, single, parallel):
+    ref, ref_params, ref_norms = single
+    spawn(_job_parallel, data, tmp_path, parallel)
+    ranks = [torch.load(tmp_path / f"params_rank{r}.pt") for r in range(WORLD)]
+
+    # identical parameters on every rank after each step (bitwise)
+    for name in ("big", "accum"):
+        assert len(ranks[0][name]) == STEPS
+        for step in range(STEPS):
+            assert torch.equal(ranks[0][name][step], ranks[1][name][step]), (name, step)
+
+    # bar 1: 2 ranks x 4 images == 1 process x 8 images (the same 8 images per step)
+    two = losses(tmp_path / "big")
+    assert len(ref) == len(two) == STEPS
+    torch.testing.assert_close(torch.tensor(two, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64),
+                               **tol("distributed_loss"))
+    for step in range(STEPS):
+        torch.testing.assert_close(ranks[0]["big"][step], ref_params[step], **tol("distributed_params"))
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / "big", "grad_norm"), dtype=torch.float64),
+                               torch.tensor(ref_norms, dtype=torch.float64), **tol("distributed_grad_norm"))
+
+    # bar 4: 2 micro-batches of 2 == one batch of 4 (per rank)
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / "accum"), dtype=torch.float64),
+                               torch.tensor(two, dtype=torch.float64), **tol("accumulation_loss"))
+    for step in range(STEPS):
+        torch.testing.assert_close(ranks[0]["accum"][step], ranks[0]["big"][step], **tol("accumulation_params"))
+
+
+# ----------------------------------------------------------------------------------------------
+# bar 2: exact resume on 2 ranks; a rank killed during a save
+# ----------------------------------------------------------------------------------------------
+# grad_clip exercises the sharded clipping path (a global norm over every rank's shards) on every step
+def _job_first_half(rank, data, out):
+    Trainer(tiny_config(data, grad_clip=0.5, max_steps=2 * STEPS), out / "whole").fit()
+    Trainer(tiny_config(data, grad_clip=0.5, max_steps=STEPS), out / "split").fit()
+    Trainer(tiny_config(data, grad_clip=0.5, max_steps=STEPS), out / "killed").fit()
+
+
+def _job_dies_while_saving(rank, data, out):
+    if rank == 1:  # rank 1 dies after writing its RNG file, inside the collective shard write
+        def die(tensors, folder):
+            os._exit(17)
+
+        ckpt._write_shards = die
+    Trainer(tiny_config(data, grad_clip=0.5, max_steps=2 * STEPS, checkpoint_every=1), out / "killed", resume=True).fit()
+
+
+def _job_resume(rank, data, out):
+    Trainer(tiny_config(data, grad_clip=0.5, max_steps=2 * STEPS), out / "split", resume=True).fit()
+    Trainer(tiny_config(data, grad_clip=0.5, max_steps=2 * STEPS), out / "killed", resume=True).fit()
+
+
+def test_resume_on_two_ranks_is_bit_exact_and_survives_a_killed_save(tmp_path, data):
+    spawn(_job_first_half, data, tmp_path)
+    first = ckpt.latest_checkpoint(tmp_path / "killed")
+    assert first.name == f"step_{STEPS:08d}" and ckpt.is_distributed_checkpoint(first)
+
+    with pytest.raises(mp.ProcessExitedException):
+        spawn(_job_dies_while_saving, data, tmp_path)
+    folder = tmp_path / "killed" / "checkpoints"
+    assert ckpt.latest_checkpoint(tmp_path / "killed") == first  # `latest` still names the previous one
+    assert (folder / "latest").read_text() == first.name
+    assert (folder / f".step_{STEPS + 1:08d}.tmp").is_dir()  # the half-written save, never renamed
+    state = ckpt.load_checkpoint(tmp_path / "killed")  # loadable, consolidated in this one process
+    assert state["step"] == STEPS and state["world_size"] == WORLD
+    assert set(state["model"]) >= {"mask_token", "blocks3.0.attn.qkv.weight"}
+
+    spawn(_job_resume, data, tmp_path)
+    whole = losses(tmp_path / "whole")
+    assert len(whole) == 2 * STEPS
+    assert losses(tmp_path / "split") == whole  # bitwise: floats round-trip exactly through JSON
+    assert losses(tmp_path / "killed") == whole
+    assert not (folder / f".step_{STEPS + 1:08d}.tmp").exists()  # cleaned by the next save
+    a = ckpt.load_checkpoint(tmp_path / "whole")["model"]
+    b = ckpt.load_checkpoint(tmp_path / "split")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

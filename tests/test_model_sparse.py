@@ -1,0 +1,252 @@
+"""The sparse encoder (infmae/model/sparse.py) against the dense reference: latent, loss and every
+parameter's gradient, at 224 px and non-square sizes, batch 1 and larger, planted masks (image border, every
+neighbour configuration), fp64 (exact up to rounding), fp32 and bf16 autocast; a few training steps; the
+executed FLOPs; the Triton depthwise op in the model (interpreter)."""
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from infmae.config import ModelConfig
+from infmae.model import flops
+from infmae.model.infmae import InfMAE
+from kernels import reference
+from kernels.reference import MaskOutputs
+from tests.tolerances import TOLERANCES
+
+NARROW = dict(embed_dims=(16, 24, 32), depths=(2, 2, 1), num_heads=2, decoder_embed_dim=32, decoder_num_heads=2,
+              decoder_depth=1)
+# the 768 x 768 image of the every-neighbour-configuration test: a width that keeps it cheap
+THIN = dict(embed_dims=(8, 8, 16), depths=(1, 1, 1), num_heads=2, decoder_embed_dim=16, decoder_num_heads=2,
+            decoder_depth=1)
+
+
+def pair(dtype=torch.float32, **config):
+    """(dense, sparse) models with the same parameters; the sparse one loads the dense state dict strictly."""
+    torch.manual_seed(0)
+    dense = InfMAE(ModelConfig(**config, encoder="dense")).to(dtype)
+    sparse = InfMAE(ModelConfig(**config, encoder="sparse")).to(dtype)
+    sparse.load_state_dict(dense.state_dict(), strict=True)
+    return dense, sparse
+
+
+def planted_masking(visible_BL: torch.Tensor, grid_hw, generator) -> MaskOutputs:
+    """A masking with the given visible patches (the same count per row), ids_keep in a random rank order."""
+    B, L = visible_BL.shape
+    keep = [torch.nonzero(row).flatten() for row in visible_BL]
+    ids_keep = torch.stack([k[torch.randperm(len(k), generator=generator)] for k in keep])
+    masked = [torch.nonzero(~row).flatten() for row in visible_BL]
+    ids_shuffle = torch.stack([torch.cat([k, m]) for k, m in zip(ids_keep, masked)])
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    mask = (~visible_BL).float()
+    return MaskOutputs(ids_keep, ids_restore, mask, *reference.visibility_maps(mask, grid_hw))
+
+
+def loss_and_grads(model, imgs, masking):
+    """-> latent, loss and {name: grad} of the model's forward with a given masking."""
+    model.zero_grad(set_to_none=True)
+    grid = (imgs.shape[2] // 16, imgs.shape[3] // 16)
+    latent, _ = model.forward_encoder(imgs, masking)
+    if bool(masking.mask.any()):
+        loss = model.forward_loss(imgs, model.forward_decoder(latent, masking.ids_keep, grid), masking.mask)
+    else:  # nothing masked: the MAE loss is 0/0, so a loss of the latent instead (the encoder's gradients)
+        loss = latent.pow(2).mean()
+    loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+    return latent.detach(), loss.detach(), grads
+
+
+def assert_same(dense, sparse, imgs, masking, name):
+    """Latent and loss within (atol, rtol); every gradient within atol_grad * max |dense gradient|."""
+    atol, rtol = TOLERANCES[(name, imgs.dtype)]
+    grad_atol = TOLERANCES[(name + "_grad", imgs.dtype)][0]
+    latent_d, loss_d, grads_d = loss_and_grads(dense, imgs, masking)
+    latent_s, loss_s, grads_s = loss_and_grads(sparse, imgs, masking)
+    torch.testing.assert_close(latent_s, latent_d, atol=atol, rtol=rtol)
+    torch.testing.assert_close(loss_s, loss_d, atol=atol, rtol=rtol)
+    assert grads_d.keys() == grads_s.keys() and any(k.startswith("blocks1.") for k in grads_d)
+    for key, g in grads_d.items():
+        scale = float(g.abs().max())
+        torch.testing.assert_close(grads_s[key], g, atol=grad_atol * scale + 1e-30, rtol=0, msg=key)
+    return grads_d
+
+
+# ---------------------------------------------------------------------------------------------
+# exactness
+# ---------------------------------------------------------------------------------------------
+def test_224px_real_widths_batch1_fp32(generator):
+    """The released widths (256/384/768) on the 224 px grid, B=1; ViT and decoder depth cut to 1 for time."""
+    dense, sparse = pair(img_size=(224, 224), depths=(2, 2, 1), decoder_depth=1)
+    imgs = torch.randn(1, 3, 224, 224, generator=generator)
+    assert_same(dense, sparse, imgs, dense.masking(imgs), "sparse_encoder")
+
+
+@pytest.mark.parametrize("size,batch,score,order", [((224, 224), 2, "intensity", "descending"),
+                                                   ((96, 160), 3, "official", "ascending"),
+                                                   ((96, 160), 1, "intensity", "ascending"),
+                                                   ((160, 96), 2, "official", "descending")])
+def test_narrow_model_fp32_both_score_modes(size, batch, score, order, generator):
+    dense, sparse = pair(img_size=size, score=score, order=order, **NARROW)
+    imgs = torch.randn(batch, 3, *size, generator=generator)
+    masking = dense.masking(imgs)
+    assert torch.equal(masking.ids_keep, sparse.masking(imgs).ids_keep)
+    assert_same(dense, sparse, imgs, masking, "sparse_encoder")
+    if size == (224, 224):  # the models' own forward (masking included) gives the same loss
+        torch.testing.assert_close(sparse(imgs).loss, dense(imgs).loss, **_tol("sparse_encoder"))
+
+
+def _tol(name, dtype=torch.float32):
+    atol, rtol = TOLERANCES[(name, dtype)]
+    return {"atol": atol, "rtol": rtol}
+
+
+def _border_and_random_masks(h, w, generator):
+    """Rows of visibility with the same count: every border patch visible and the interior masked; the border
+    masked and the interior visible; the four corners only plus one; everything visible; random halves."""
+    grid = torch.zeros(h, w, dtype=torch.bool)
+    border = grid.clone()
+    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
+    n = int(border.sum())
+    interior = torch.nonzero(~border.flatten()).flatten()[:n]
+    rows = [border.flatten(), torch.zeros(h * w, dtype=torch.bool).index_fill_(0, interior, True)]
+    corners = torch.zeros(h * w, dtype=torch.bool)
+    corners[[0, w - 1, (h - 1) * w, h * w - 1]] = True
+    extra = torch.nonzero(~corners).flatten()[torch.randperm(h * w - 4, generator=generator)[:n - 4]]
+    rows.append(corners.index_fill(0, extra, True))
+    for _ in range(2):
+        chosen = torch.randperm(h * w, generator=generator)[:n]
+        rows.append(torch.zeros(h * w, dtype=torch.bool).index_fill_(0, chosen, True))
+    return torch.stack(rows)
+
+
+def test_fp64_planted_masks_border_and_all_visible(generator):
+    """fp64: the sparse path is the dense one up to rounding (~1e-15), for masks at the border, in the
+    interior, at the corners, random, and nothing masked at all."""
+    size = (96, 160)
+    h, w = 6, 10
+    dense, sparse = pair(torch.float64, img_size=size, **THIN)
+    imgs = torch.randn(5, 3, *size, generator=generator, dtype=torch.float64)
+    assert_same(dense, sparse, imgs, planted_masking(_border_and_random_masks(h, w, generator), (h, w), generator),
+                "sparse_encoder")
+    everything = torch.ones(2, h * w, dtype=torch.bool)
+    assert_same(dense, sparse, imgs[:2], planted_masking(everything, (h, w), generator), "sparse_encoder")
+    one = torch.zeros(2, h * w, dtype=torch.bool)
+    one[0, 0] = one[1, 37] = True
+    assert_same(dense, sparse, imgs[:2], planted_masking(one, (h, w), generator), "sparse_encoder")
+
+
+def all_neighbour_configurations() -> torch.Tensor:
+    """[1, 48*48]: 256 blocks of 3x3 patches, block i's centre visible and its 8 neighbours visible where
+    bit j of i is set. Every neighbour configuration of a visible patch occurs."""
+    grid = torch.zeros(48, 48, dtype=torch.bool)
+    others = [s for s in range(9) if s != 4]
+    for i in range(256):
+        top, left = 3 * (i // 16), 3 * (i % 16)
+        grid[top + 1, left + 1] = True
+        for bit, s in enumerate(others):
+            if i >> bit & 1:
+                grid[top + s // 3, left + s % 3] = True
+    return grid.flatten()[None]
+
+
+def test_fp64_every_neighbour_configuration(generator):
+    visible = all_neighbour_configurations()
+    masking = planted_masking(visible, (48, 48), generator)
+    neighbours = reference.tile_neighbours(masking.ids_keep, (48, 48))
+    present = neighbours[0] >= 0  # [K,9]
+    patterns = {tuple(row.tolist()) for row in present}
+    assert len(patterns) == 256  # with the tile itself always present
+    dense, sparse = pair(torch.float64, img_size=(768, 768), **THIN)
+    imgs = torch.randn(1, 3, 768, 768, generator=generator, dtype=torch.float64)
+    assert_same(dense, sparse, imgs, masking, "sparse_encoder")
+
+
+def test_bf16_autocast(generator):
+    dense, sparse = pair(img_size=(96, 160), **NARROW)
+    imgs = torch.randn(2, 3, 96, 160, generator=generator)
+    masking = dense.masking(imgs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        latent_d, loss_d, _ = loss_and_grads(dense, imgs, masking)
+        latent_s, loss_s, _ = loss_and_grads(sparse, imgs, masking)
+    atol, rtol = TOLERANCES[("sparse_encoder", torch.bfloat16)]
+    torch.testing.assert_close(latent_s.float(), latent_d.float(), atol=atol, rtol=rtol)
+    torch.testing.assert_close(loss_s, loss_d, atol=atol, rtol=rtol)
+
+
+# ---------------------------------------------------------------------------------------------
+# training, checkpoints, FLOPs, config
+# ---------------------------------------------------------------------------------------------
+def test_training_steps_sparse_match_dense():
+    """A few AdamW steps from the same seed: same masks exactly, losses within the fp32 tolerance."""
+    histories = {}
+    for encoder in ("dense", "sparse"):
+        torch.manual_seed(0)
+        model = InfMAE(ModelConfig(img_size=(96, 160), **NARROW, encoder=encoder))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        data = torch.Generator().manual_seed(1)
+        history = []
+        for _ in range(3):
+            out = model(torch.randn(2, 3, 96, 160, generator=data))
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            history.append((out.ids_keep.clone(), out.loss.item()))
+        histories[encoder] = history
+    for (ids_d, loss_d), (ids_s, loss_s) in zip(histories["dense"], histories["sparse"]):
+        assert torch.equal(ids_d, ids_s)
+        assert loss_s == pytest.approx(loss_d, rel=TOLERANCES[("sparse_training_loss", torch.float32)][1])
+
+
+def test_state_dicts_are_interchangeable():
+    dense, sparse = pair(img_size=(96, 160), **NARROW)
+    assert list(dense.state_dict()) == list(sparse.state_dict())
+    dense.load_state_dict(sparse.state_dict(), strict=True)
+
+
+def test_executed_flops_are_counted_and_about_half_at_224():
+    base = ModelConfig()
+    model_flops = flops.forward_flops(base, (224, 224))
+    executed = flops.sparse_forward_flops(base, (224, 224))
+    assert model_flops == 26_565_633_024
+    assert 3 * executed / 1e9 == pytest.approx(43.6, abs=0.1) and 3 * model_flops / 1e9 == pytest.approx(79.7, abs=0.1)
+    # what torch's counter sees in the sparse forward (the score filter is counted as a conv, at most)
+    torch.manual_seed(0)
+    model = InfMAE(ModelConfig(img_size=(96, 160), **NARROW, encoder="sparse"))
+    assert model.flops_per_image() == flops.forward_flops(model.config, (96, 160))
+    assert model.executed_flops_per_image() == flops.sparse_forward_flops(model.config, (96, 160))
+    counter = FlopCounterMode(display=False)
+    # the math SDPA backend decomposes into counted matmuls; CPU's fused kernel is not in the counter
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
+        model(torch.randn(2, 3, 96, 160))
+    counted = counter.get_total_flops() / 2
+    # the depthwise twin runs conv2d on (T+4)^2 windows: same multiply-adds per output pixel (25 * C)
+    assert model.executed_flops_per_image() <= counted <= model.executed_flops_per_image() + \
+        flops.score_filter_flops(model.config, (96, 160))
+
+
+def test_encoder_config_is_validated():
+    assert ModelConfig().encoder == "dense"
+    with pytest.raises(ValueError, match=r"config: expected model.encoder one of \('dense', 'sparse'\), got 'spars'"):
+        ModelConfig(encoder="spars")
+
+
+# ---------------------------------------------------------------------------------------------
+# the Triton depthwise op inside the model (interpreter on CPU)
+# ---------------------------------------------------------------------------------------------
+def test_sparse_model_with_triton_kernels_matches_reference(generator):
+    tiny = dict(img_size=(48, 64), embed_dims=(16, 24, 32), depths=(1, 1, 1), num_heads=2, decoder_embed_dim=32,
+                decoder_num_heads=2, decoder_depth=1, encoder="sparse")
+    torch.manual_seed(0)
+    ref_model = InfMAE(ModelConfig(**tiny, kernels="reference"))
+    fast_model = InfMAE(ModelConfig(**tiny, kernels="triton"))
+    fast_model.load_state_dict(ref_model.state_dict())
+    imgs = torch.randn(2, 3, 48, 64, generator=generator)
+    masking = ref_model.masking(imgs)
+    latent_r, loss_r, grads_r = loss_and_grads(ref_model, imgs, masking)
+    latent_f, loss_f, grads_f = loss_and_grads(fast_model, imgs, masking)
+    atol, rtol = TOLERANCES[("sparse_encoder", torch.float32)]
+    grad_atol = TOLERANCES[("sparse_encoder_grad", torch.float32)][0]
+    torch.testing.assert_close(latent_f, latent_r, atol=atol, rtol=rtol)
+    torch.testing.assert_close(loss_f, loss_r, atol=atol, rtol=rtol)
+    for key, g in grads_r.items():
+        torch.testing.assert_close(grads_f[key], g, atol=grad_atol * float(g.abs().max()) + 1e-30, rtol=0, msg=key)
