@@ -9,6 +9,7 @@ import torch
 
 from kernels import masking
 from kernels import reference as ref
+from tests.sm90 import assert_compiles_for_sm90
 
 # (L, grid_hw): one patch, a 1x7 strip, 64x160 (4x10) and 48x80 (3x5) images, 224 px (14x14), a 64x64
 # grid (1024 px images, L = 4096), and a prime L without a grid.
@@ -289,18 +290,5 @@ print("compiled")
 
 
 def test_kernel_compiles_for_sm90(tmp_path):
-    """The interpreter accepts code the compiler rejects: compile the kernel for an H100 (sm_90) with the
-    real Triton compiler (no GPU needed: PTX and ptxas), in a process without TRITON_INTERPRET."""
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
-    import triton.backends
-    if "nvidia" not in triton.backends.backends:
-        pytest.skip("this Triton has no NVIDIA backend")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(TRITON_CACHE_DIR=str(tmp_path), PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
-    result = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
+    """The kernel compiles for an H100 with the real Triton compiler (see tests/sm90.py)."""
+    assert_compiles_for_sm90(COMPILE_SCRIPT, tmp_path)
