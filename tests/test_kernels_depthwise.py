@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from kernels import depthwise
 from kernels import reference as ref
+from tests.neighbour_configs import all_neighbour_configurations
 from tests.tolerances import TOLERANCES
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
@@ -60,16 +61,8 @@ def test_tile_neighbours_by_hand():
 
 
 def every_configuration_ids():
-    """ids_keep [1,K] on a 48x48 grid: 256 blocks of 3x3, every neighbour configuration of a centre."""
-    grid = torch.zeros(48, 48, dtype=torch.bool)
-    others = [s for s in range(9) if s != 4]
-    for i in range(256):
-        top, left = 3 * (i // 16), 3 * (i % 16)
-        grid[top + 1, left + 1] = True
-        for bit, s in enumerate(others):
-            if i >> bit & 1:
-                grid[top + s // 3, left + s % 3] = True
-    return torch.nonzero(grid.flatten()).flatten()[None]
+    """ids_keep [1,K] on a 48x48 grid where every neighbour configuration of a visible patch occurs."""
+    return torch.nonzero(all_neighbour_configurations()[0]).flatten()[None]
 
 
 @pytest.mark.parametrize("T", [4, 2])

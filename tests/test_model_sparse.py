@@ -12,6 +12,7 @@ from infmae.model import flops
 from infmae.model.infmae import InfMAE
 from kernels import reference
 from kernels.reference import MaskOutputs
+from tests.neighbour_configs import all_neighbour_configurations
 from tests.tolerances import TOLERANCES
 
 NARROW = dict(embed_dims=(16, 24, 32), depths=(2, 2, 1), num_heads=2, decoder_embed_dim=32, decoder_num_heads=2,
@@ -133,20 +134,6 @@ def test_fp64_planted_masks_border_and_all_visible(generator):
     one = torch.zeros(2, h * w, dtype=torch.bool)
     one[0, 0] = one[1, 37] = True
     assert_same(dense, sparse, imgs[:2], planted_masking(one, (h, w), generator), "sparse_encoder")
-
-
-def all_neighbour_configurations() -> torch.Tensor:
-    """[1, 48*48]: 256 blocks of 3x3 patches, block i's centre visible and its 8 neighbours visible where
-    bit j of i is set. Every neighbour configuration of a visible patch occurs."""
-    grid = torch.zeros(48, 48, dtype=torch.bool)
-    others = [s for s in range(9) if s != 4]
-    for i in range(256):
-        top, left = 3 * (i // 16), 3 * (i % 16)
-        grid[top + 1, left + 1] = True
-        for bit, s in enumerate(others):
-            if i >> bit & 1:
-                grid[top + s // 3, left + s % 3] = True
-    return grid.flatten()[None]
 
 
 def test_fp64_every_neighbour_configuration(generator):

@@ -145,3 +145,16 @@ def test_run_folder_holds_config_metrics_checkpoint_and_pictures(tmp_path, clean
     assert {"loss", "lr", "grad_norm", "img_per_s", "data_wait_pct", "mem_gib", "eta_s"} <= set(records[0])
     assert sorted(p.name for p in (run / "reconstructions").iterdir()) == ["step_00000002.png", "step_00000004.png"]
     assert ckpt.latest_checkpoint(run).name == "step_00000004.pt"
+
+
+def test_training_with_triton_kernels_drops_the_per_step_id_check(tmp_path, clean_data, monkeypatch):
+    import dataclasses
+
+    import kernels.tokens
+
+    monkeypatch.setattr(kernels.tokens, "CHECK_IDS", True)
+    config = tiny_config(clean_data, max_steps=1)
+    config.model = dataclasses.replace(config.model, kernels="triton")  # the interpreter runs them here
+    trainer = Trainer(config, tmp_path / "run")
+    assert trainer.module.ops.name == "triton" and kernels.tokens.CHECK_IDS is False
+    assert trainer.fit().steps == 1
