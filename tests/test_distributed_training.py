@@ -3,8 +3,9 @@ process on the same global batch, parameters stay identical across ranks, gradie
 a larger batch, resume on 2 ranks is bit-exact, and a rank killed during a save leaves ``latest`` on the
 previous, loadable checkpoint."""
 import json
+import logging
 import os
-import socket
+import tempfile
 from datetime import timedelta
 
 import pytest
@@ -46,24 +47,22 @@ def losses(run_dir, key="loss"):
     return [json.loads(line)[key] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank, world, port, job, args):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _entry(rank, world, store_file, job, args):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
-    try:
-        job(rank, *args)
-    finally:
-        dist.destroy_process_group()
+    # a file rendezvous: no free-port race between picking a port and binding it
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
+    job(rank, *args)  # an exception here reaches mp.spawn as usual
+    dist.barrier()
+    # Skip the C++ teardown: gloo's process-group destructor sometimes aborts a finished worker
+    # ("terminate called without an active exception", SIGABRT) after its job succeeded.
+    logging.shutdown()
+    os._exit(0)
 
 
 def spawn(job, *args):
-    mp.spawn(_entry, args=(WORLD, _free_port(), job, args), nprocs=WORLD, join=True)
+    store_file = os.path.join(tempfile.mkdtemp(prefix="infmae_pg_"), "store")
+    mp.spawn(_entry, args=(WORLD, store_file, job, args), nprocs=WORLD, join=True)
 
 
 @pytest.fixture(scope="module")
