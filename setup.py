@@ -1,6 +1,6 @@
 """InfMAE engine. Extras pin the stacks we test on:
 
-  pip install -e ".[cpu,test]"    CPU (tests; Triton kernels run under TRITON_INTERPRET=1)
+  pip install -e ".[cpu,dali,test]"  CPU (tests; Triton kernels under TRITON_INTERPRET=1, DALI in CPU mode)
   pip install -e ".[gpu]"         CUDA torch 2.13 + Triton 3.7.1
   pip install -e ".[gpu,dali]"    + NVIDIA DALI for CUDA 13 (never the PyPI packages `nvidia-dali` or `apex`)
 """
@@ -17,12 +17,14 @@ setup(
         "numpy>=1.24",
         "pillow>=10.0",
         "tifffile>=2024.1.1",  # 16-bit colour TIFF, which Pillow cuts to 8 bits
+        "lz4>=4.3",  # packed training copies (`infmae pack`), read by both loaders
     ],
     extras_require={
         # the local +cpu wheel; a missing wheel fails fast instead of pulling the CUDA build
         "cpu": ["torch==2.13.0+cpu", "triton==3.7.1"],
         "gpu": ["torch==2.13.0", "triton==3.7.1"],
-        "dali": ["nvidia-dali-cuda130==2.4.0", "lz4>=4.3"],
+        # NVIDIA's wheel (CPU mode works without a GPU); the PyPI package `nvidia-dali` is a placeholder
+        "dali": ["nvidia-dali-cuda130==2.4.0"],
         "test": ["pytest>=8", "pytest-benchmark>=5"],
     },
     entry_points={"console_scripts": ["infmae=infmae.cli:main"]},

@@ -1,4 +1,4 @@
-"""The ``infmae`` command: pretrain, visualize, export."""
+"""The ``infmae`` command: pretrain, visualize, export, curate, pack."""
 from __future__ import annotations
 
 import argparse
@@ -134,14 +134,49 @@ def build_parser() -> argparse.ArgumentParser:
         return run(args)
 
     c.set_defaults(func=_curate)
+
+    k = commands.add_parser("pack", help="write a training copy as LZ4 shards of raw pixels (for the DALI loader)")
+    k.add_argument("src", help="image folder, or a curate manifest.csv (its kept rows)")
+    k.add_argument("-o", "--output", required=True, help="pack folder to create")
+    k.add_argument("--max-side", type=int, default=None, help="cap the longer side, px (lossy; default: lossless)")
+    k.add_argument("--shard-mb", type=int, default=1024, help="shard size, MB (1024)")
+    k.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
+    k.add_argument("--data-root", default=None, help="for a manifest: the folder its paths start from")
+    k.add_argument("--sixteen-bit-mode", default="percentile", help="mapping whose ranges are stored (percentile)")
+    k.add_argument("--low", type=float, default=0.5, help="low percentile of that mapping (0.5)")
+    k.add_argument("--high", type=float, default=99.5, help="high percentile of that mapping (99.5)")
+    k.set_defaults(func=_pack)
     return parser
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from infmae.data.folder import manifest_base, read_manifest, scan_folder
+    from infmae.data.packed import pack_dataset
+
+    setup_logging()
+    src = Path(args.src)
+    if src.is_file() and src.suffix.lower() == ".csv":
+        root = Path(args.data_root) if args.data_root else manifest_base(src)
+        files, _ = read_manifest(src)
+    elif src.is_dir():
+        root, files = src, scan_folder(src)
+    else:
+        raise ValueError(f"pack: expected an image folder or a manifest .csv, got {src!r}; check the path")
+    if not files:
+        raise ValueError(f"pack: expected image files in {src}, got none; check the path and extensions")
+    info = pack_dataset(files, root, args.output, max_side=args.max_side, shard_bytes=args.shard_mb << 20,
+                        workers=args.workers, sixteen_bit_mode=args.sixteen_bit_mode, low=args.low,
+                        high=args.high, source=str(src))
+    log.info("packed %d images into %s (%d skipped); train on it with --data %s", info["count"], args.output,
+             len(info["skipped"]), args.output)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -103,7 +103,8 @@ class DataConfig:
     """The reference input pipeline (shared/README.md section 2.2)."""
 
     path: str = ""
-    """A folder tree of images or a curated manifest.csv; empty: synthetic images written into the run."""
+    """A folder tree of images, a curated manifest.csv or a pack folder (``infmae pack``); empty: synthetic
+    images written into the run."""
     manifest_root: str = ""
     """The folder a manifest's relative paths start from (default: the manifest's own folder)."""
     synthetic_count: int = 512
@@ -124,6 +125,10 @@ class DataConfig:
     """Images whose both sides are under this many pixels are skipped (as in Inf30's curation)."""
     num_workers: int = 2
     """Loader worker processes (0: load in the training process)."""
+    loader: str = "reference"
+    """'reference' (PyTorch DataLoader, the specification) or 'dali' (NVIDIA DALI; GPU decode on CUDA)."""
+    dali_threads: int = 4
+    """DALI CPU threads (PNG/TIFF/BMP decoding and CPU operators)."""
 
     def __post_init__(self) -> None:
         self.scale = tuple(float(v) for v in self.scale)  # type: ignore[assignment]
@@ -141,6 +146,9 @@ class DataConfig:
                  "e.g. 0.5 and 99.5")
         _require(self.min_size >= 1, "data.min_size", self.min_size, "at least 1 pixel", "the default is 20")
         _require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0", "0 loads in-process")
+        _require(self.loader in ("reference", "dali"), "data.loader", self.loader, "'reference' or 'dali'",
+                 "'dali' needs pip install nvidia-dali-cuda130")
+        _require(self.dali_threads >= 1, "data.dali_threads", self.dali_threads, ">= 1", "e.g. 4")
         _require(self.synthetic_count >= 1, "data.synthetic_count", self.synthetic_count, ">= 1", "e.g. 512")
 
 

@@ -1,11 +1,13 @@
 """Data: the batch contract, image reading at true bit depth, the 16-bit mapping, the released
-augmentation, the reference folder dataset and loader, and a synthetic infrared source."""
+augmentation, the reference folder dataset and loader, packed training copies, and a synthetic infrared
+source. The DALI loader lives in :mod:`infmae.data.dali` (imported only when chosen)."""
 
 from .batch import Batch
 from .folder import ImageFolderDataset, read_manifest, scan_folder
-from .io import IMAGE_EXTENSIONS, ImageReadError, read_image, read_image_header
+from .io import IMAGE_EXTENSIONS, ImageInfo, ImageReadError, read_image, read_image_header, read_image_info
 from .loader import ReferenceLoader, collate
-from .mapping import SIXTEEN_BIT_MODES, apply_range, image_range, to_unit_float
+from .mapping import SIXTEEN_BIT_MODES, apply_range, image_range, image_range_torch, to_unit_float
+from .packed import PackedReader, is_pack, pack_dataset
 from .synthetic import BAD_FILES, IGNORED_FILES, generate_dataset, make_scene, write_image
 from .transforms import (
     AugmentParams,
@@ -24,6 +26,8 @@ __all__ = [
     "BAD_FILES",
     "IGNORED_FILES",
     "AugmentParams",
+    "ImageInfo",
+    "PackedReader",
     "Batch",
     "ImageFolderDataset",
     "ImageReadError",
@@ -34,10 +38,14 @@ __all__ = [
     "generate_dataset",
     "hflip",
     "image_range",
+    "image_range_torch",
+    "is_pack",
+    "pack_dataset",
     "make_scene",
     "normalize",
     "read_image",
     "read_image_header",
+    "read_image_info",
     "read_manifest",
     "resized_crop",
     "sample_augment",

@@ -40,8 +40,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .io import IMAGE_EXTENSIONS, ImageReadError, read_image, read_image_header
+from .io import IMAGE_EXTENSIONS, ImageReadError, read_image, read_image_info
 from .mapping import SIXTEEN_BIT_MODES, apply_range, image_range
+from .packed import PackedReader, is_pack
 from .transforms import (
     DEFAULT_MEAN,
     DEFAULT_RATIO,
@@ -73,8 +74,13 @@ def scan_folder(root: Path) -> list[str]:
     return found
 
 
-def read_manifest(manifest: Path) -> tuple[list[str], list[tuple[int, int] | None]]:
-    """Rows of a curate manifest with ``status == "keep"``: (relative paths, (width, height) or None)."""
+def read_manifest(
+    manifest: Path, kinds: list[tuple[int, int] | None] | None = None
+) -> tuple[list[str], list[tuple[int, int] | None]]:
+    """Rows of a curate manifest with ``status == "keep"``: (relative paths, (width, height) or None).
+
+    ``kinds``, when given, receives ``(channels, bits)`` per kept row (None where the columns are empty).
+    """
     with open(manifest, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
@@ -96,6 +102,11 @@ def read_manifest(manifest: Path) -> tuple[list[str], list[tuple[int, int] | Non
                 sizes.append((int(row["width"]), int(row["height"])))
             except (KeyError, TypeError, ValueError):
                 sizes.append(None)
+            if kinds is not None:
+                try:
+                    kinds.append((int(row["channels"]), int(row["bits"])))
+                except (KeyError, TypeError, ValueError):
+                    kinds.append(None)
     logger.info("manifest %s: %d rows kept, %d rows not 'keep'", manifest, len(paths), dropped_rows)
     return paths, sizes
 
@@ -129,7 +140,8 @@ class ImageFolderDataset(Dataset):
     - ``skipped``: ``(path, reason)`` of each file that failed to decode and was replaced.
 
     Args:
-        root: a folder, or a ``.csv`` manifest.
+        root: a folder, a ``.csv`` manifest, or a pack folder written by ``infmae pack`` (its shards are
+            read on the CPU; the stored ranges are not used, so the mapping is computed as for files).
         img_size: training size (H, W); smaller images are fine (the crop is resized up).
         in_chans: the model's channels, 1 or 3.
         seed: seed of the per-sample augmentation.
@@ -195,10 +207,25 @@ class ImageFolderDataset(Dataset):
         image_range(np.zeros((1, 1, 1), np.uint16), sixteen_bit_mode, self.low, self.high)  # validates low/high
 
         root = Path(root)
+        self.packed: PackedReader | None = None
+        pack_ids: list[int] = []
+        listed_kinds: list[tuple[int, int] | None] = []
         if root.is_file() and root.suffix.lower() == ".csv":
             self.root_dir = Path(base) if base is not None else manifest_base(root)
-            candidates, listed_sizes = read_manifest(root)
+            candidates, listed_sizes = read_manifest(root, listed_kinds)
             source = f"manifest {root} (paths relative to {self.root_dir})"
+        elif root.is_dir() and is_pack(root):
+            if base is not None:
+                raise ValueError(f"ImageFolderDataset: expected base only with a .csv manifest, got base={base} for "
+                                 f"pack {root}; drop base")
+            self.root_dir = root
+            self.packed = PackedReader(root)
+            entries = self.packed.entries
+            candidates = [e.path for e in entries]
+            listed_sizes = [(e.width, e.height) for e in entries]
+            listed_kinds = [(e.channels, e.bits) for e in entries]
+            check_headers = False  # the shards hold decoded pixels; their index is the header
+            source = f"pack {root}"
         elif root.is_dir():
             if base is not None:
                 raise ValueError(
@@ -208,6 +235,7 @@ class ImageFolderDataset(Dataset):
             self.root_dir = root
             candidates = scan_folder(root)
             listed_sizes = [None] * len(candidates)
+            listed_kinds = [None] * len(candidates)
             source = f"folder {root}"
         else:
             raise ValueError(
@@ -217,20 +245,24 @@ class ImageFolderDataset(Dataset):
 
         self.paths: list[str] = []
         self.sizes: list[tuple[int, int] | None] = []  # (width, height) from the header or the manifest
+        self.kinds: list[tuple[int, int] | None] = []  # (channels, bits) from the header, manifest or pack
         self.dropped: list[tuple[str, str]] = []
-        for count, (rel, size) in enumerate(zip(candidates, listed_sizes)):
+        for count, (rel, size, kind) in enumerate(zip(candidates, listed_sizes, listed_kinds)):
             if check_headers:
                 try:
-                    width, height, _ = read_image_header(self.root_dir / rel)
-                    size = (width, height)
+                    info = read_image_info(self.root_dir / rel)
                 except ImageReadError as exc:
                     self._drop(rel, f"unreadable: {exc.reason}")
                     continue
+                size, kind = (info.width, info.height), (info.channels, info.bits)
             if size is not None and size[0] < self.min_size and size[1] < self.min_size:
                 self._drop(rel, f"too_small: {size[0]}x{size[1]} has both sides under {self.min_size} px")
                 continue
             self.paths.append(rel)
             self.sizes.append(size)
+            self.kinds.append(kind)
+            if self.packed is not None:
+                pack_ids.append(count)
             if (count + 1) % 10000 == 0:
                 logger.info("scanned %d / %d files of %s", count + 1, len(candidates), source)
         if not self.paths:
@@ -241,6 +273,7 @@ class ImageFolderDataset(Dataset):
             )
         logger.info("%s: %d images, %d dropped at scan", source, len(self.paths), len(self.dropped))
         self._unreadable: dict[str, str] = {}  # path -> reason, for files that failed to decode
+        self.pack_ids = pack_ids  # dataset position -> pack row (packs only)
 
     def _drop(self, rel: str, reason: str) -> None:
         path = str(self.root_dir / rel)
@@ -282,6 +315,8 @@ class ImageFolderDataset(Dataset):
 
     def load(self, index: int) -> np.ndarray:
         """Decode file ``index`` to ``[H, W, C]`` uint8/uint16; raises ImageReadError."""
+        if self.packed is not None:
+            return self.packed.read(self.pack_ids[index])
         return read_image(self.path(index))
 
     def transform(self, array: np.ndarray, index: int) -> torch.Tensor:

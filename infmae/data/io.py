@@ -41,6 +41,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -114,16 +115,43 @@ def _raw_mode(img: Image.Image) -> str:
 
 
 def read_image_header(path: str | os.PathLike) -> tuple[int, int, str]:
-    """Read a file's size and Pillow mode without decoding pixels.
-
-    Args:
-        path: image file.
-
-    Returns:
-        ``(width, height, mode)`` with ``mode`` Pillow's mode string (``'L'``, ``'I;16'``, ``'RGB'``...).
+    """Read a file's size and Pillow mode without decoding pixels: ``(width, height, mode)``.
 
     Raises:
-        ImageReadError: empty file, not an image, or an unreadable header.
+        ImageReadError: as :func:`read_image_info`.
+    """
+    info = read_image_info(path)
+    return info.width, info.height, info.mode
+
+
+_GRAY_MODES = ("L", "LA", "1", "I", "F") + _SIXTEEN_BIT_MODES
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a file's header says, without decoding pixels.
+
+    Attributes:
+        width, height: size in pixels.
+        channels: 1 for gray modes, 3 otherwise (a palette image counts as colour here; :func:`read_image`
+            returns it gray when its palette is gray, which is the same pixels either way).
+        bits: 16 for 16-bit samples (gray ``I;16*``/``I`` and 16-bit colour TIFF), else 8.
+        mode: Pillow's mode string.
+    """
+
+    width: int
+    height: int
+    channels: int
+    bits: int
+    mode: str
+
+
+def read_image_info(path: str | os.PathLike) -> ImageInfo:
+    """Read a file's size, channels and bit depth from its header (no pixel decode).
+
+    Raises:
+        ImageReadError: empty file, not an image, an unreadable header, or a file :func:`read_image`
+            refuses by its header alone (16-bit colour PNG, which Pillow would truncate to 8 bits).
     """
     path = Path(path)
     _check_file(path)
@@ -132,10 +160,18 @@ def read_image_header(path: str | os.PathLike) -> tuple[int, int, str]:
         img = _open(path)
         with img:
             width, height = img.size
-            mode = img.mode
+            mode, fmt, raw_mode = img.mode, img.format, _raw_mode(img)
     if width <= 0 or height <= 0:
         raise ImageReadError(path, f"invalid size {width}x{height}")
-    return width, height, mode
+    wide_colour = ";16" in raw_mode and mode not in _SIXTEEN_BIT_MODES and mode != "I"
+    if wide_colour and fmt not in _TIFF_FORMATS:
+        raise ImageReadError(
+            path, f"16-bit colour {fmt} (raw mode {raw_mode}) would be truncated to 8 bits by Pillow; "
+            "convert it to 16-bit grayscale"
+        )
+    bits = 16 if (wide_colour or mode in _SIXTEEN_BIT_MODES or mode == "I") else 8
+    channels = 1 if mode in _GRAY_MODES else 3
+    return ImageInfo(width=width, height=height, channels=channels, bits=bits, mode=mode)
 
 
 def _read_tiff_with_tifffile(path: Path) -> np.ndarray:

@@ -148,3 +148,40 @@ def to_unit_float(
         value_range = image_range(array, mode, low, high)
     lo, hi = value_range
     return apply_range(array, float(lo), float(hi))
+
+
+def image_range_torch(
+    x: torch.Tensor, mode: str = "percentile", low: float = 0.5, high: float = 99.5
+) -> tuple[float, float]:
+    """:func:`image_range` of a ``uint16`` tensor on any device (bit-identical to numpy's rule), for
+    loaders that decode to 16-bit on the GPU (DALI). ``x`` holds 16-bit samples; 8-bit data must be
+    handled by the caller (its range is fixed).
+
+    The percentile path is the same histogram walk as :func:`_percentiles_uint16`: a 65536-bin count,
+    its cumulative sum, and the two sorted positions found by ``searchsorted``; the interpolation is done
+    in Python floats exactly as numpy does it.
+    """
+    _check_mode("image_range_torch", mode, low, high)
+    if x.dtype != torch.uint16:
+        raise TypeError(f"image_range_torch: expected a uint16 tensor, got {x.dtype}; decode 16-bit data as uint16")
+    if mode == "full":
+        return 0.0, 65535.0
+    flat = x.reshape(-1).to(torch.int32)
+    if mode == "percentile":
+        cumulative = torch.bincount(flat, minlength=65536).cumsum_(0)
+        n = flat.numel()
+        positions, fracs = [], []
+        for q in (low, high):
+            virtual = (q / 100.0) * (n - 1)
+            below = int(np.floor(virtual))
+            positions += [below, min(below + 1, n - 1)]
+            fracs.append(virtual - below)
+        found = torch.searchsorted(cumulative, torch.tensor(positions, device=x.device), right=True).tolist()
+        out = []
+        for (a, b), frac in zip(((found[0], found[1]), (found[2], found[3])), fracs):
+            a, b = float(a), float(b)
+            diff = b - a
+            out.append(b - diff * (1.0 - frac) if frac >= 0.5 else a + diff * frac)
+        if out[1] > out[0]:
+            return out[0], out[1]
+    return float(flat.min()), float(flat.max())

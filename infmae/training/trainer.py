@@ -116,8 +116,15 @@ class Trainer:
             data_root, img_size=mc.img_size, in_chans=mc.in_chans, seed=tc.seed, scale=dc.scale, ratio=dc.ratio,
             hflip_prob=dc.hflip_prob, mean=dc.mean, std=dc.std, sixteen_bit_mode=dc.sixteen_bit_mode,
             low=dc.low_percentile, high=dc.high_percentile, min_size=dc.min_size, base=dc.manifest_root or None)
-        self.loader = ReferenceLoader(self.dataset, batch_size=tc.batch_size, seed=tc.seed, num_workers=dc.num_workers,
-                                      rank=self.rank, world_size=self.world_size)
+        if dc.loader == "dali":
+            from infmae.data.dali import DaliLoader
+
+            self.loader = DaliLoader(
+                self.dataset, batch_size=tc.batch_size, seed=tc.seed, rank=self.rank, world_size=self.world_size,
+                device_id=(self.device.index or 0) if self.device.type == "cuda" else None, num_threads=dc.dali_threads)
+        else:
+            self.loader = ReferenceLoader(self.dataset, batch_size=tc.batch_size, seed=tc.seed,
+                                          num_workers=dc.num_workers, rank=self.rank, world_size=self.world_size)
         self.steps_per_epoch = self.loader.steps_per_epoch // tc.accum_steps
         if self.steps_per_epoch < 1:
             raise ValueError(f"pretrain: expected at least one optimizer step per epoch, got "

@@ -1,0 +1,426 @@
+"""The DALI input pipeline: the reference loader's batches, decoded and augmented by NVIDIA DALI.
+
+Legend: B = per-rank batch size; H, W = a source image's size; h, w = its crop; out_h, out_w = the
+training size; C = channels delivered (1 for all-gray data, else the model's in_chans).
+
+:class:`DaliLoader` is a :class:`~infmae.data.loader.ReferenceLoader` (same epoch order, rank sharding,
+``iter_epoch(epoch, start_step)`` resume, substitution of unreadable files by the next position) whose
+batches are built by a DALI pipeline instead of DataLoader workers. The crop and flip of every sample are
+the reference dataset's own (:meth:`ImageFolderDataset.augment_params`, a pure function of seed, epoch
+and position) fed to DALI as per-sample inputs, so the two loaders give the same batch up to resampling
+arithmetic, and a resumed run continues with exactly the batches an uninterrupted one would have given.
+
+Two sources, one graph after the pixels exist:
+
+- **files** (a folder or a curate manifest): encoded bytes are read in Python and decoded by
+  ``fn.decoders.image`` (``mixed`` on a GPU: JPEG on the GPU, PNG/TIFF/BMP on DALI's CPU threads; ``cpu``
+  in CPU mode) to ``uint16`` (8-bit files become ``x * 257`` exactly, 16-bit files are bit-exact), as
+  ``GRAY`` when every file is gray, else ``RGB`` (never ``ANY_DATA``, which crashes on gray JPEG). The
+  16-bit range is computed on the decoded image by :func:`infmae.data.mapping.image_range_torch`, on the
+  device the image is on.
+- **packed** (a pack folder from ``infmae pack``): the compressed chunks are read from the memory-mapped
+  shards and inflated by ``fn.decoders.inflate`` on the GPU (in CPU mode, by ``lz4`` in Python, since
+  DALI's inflate is GPU-only); the raw little-endian bytes become ``uint16`` values by
+  ``low_byte + 256 * high_byte``, which for 8-bit data (one byte, both ends) is again ``x * 257``. The
+  ranges stored in the pack are used when the pack's mapping equals the loader's, else computed.
+
+Then, per sample, on the pipeline's device: crop (``fn.slice``), ``clip((x - lo) / (hi - lo), 0, 1)`` in
+float32 (8-bit: ``lo, hi = 0, 65535`` on the ``x * 257`` values, i.e. ``x / 255``), channels (gray
+broadcast to 3, or colour averaged to 1, as the reference does), bicubic antialiased resize, clamp to
+[0, 1], flip + normalise + HWC->CHW (``fn.crop_mirror_normalize``), float32 or float16 out.
+
+A file that fails to decode makes DALI fail the whole batch and invalidates the pipeline: the loader
+then finds the culprit(s) among that batch's files (one-file CPU decodes), records them as unreadable,
+builds a new pipeline from the same step and goes on; the substitution is the reference rule, so the
+batch equals what the reference loader gives with the same bad files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .batch import Batch
+from .folder import ImageFolderDataset
+from .loader import ReferenceLoader
+from .mapping import image_range_torch
+from .transforms import channel_vector
+
+logger = logging.getLogger(__name__)
+
+DALI_INSTALL = "pip install nvidia-dali-cuda130 (or pip install -e '.[dali]'); never the PyPI package 'nvidia-dali'"
+#: ``lo`` that maps every uint16 value below 0 (after clipping: 0), used for flat images (the reference maps them to 0).
+_FLAT_LO = 65536.0
+
+
+def import_dali():
+    """Import DALI or fail with the install command."""
+    try:
+        import nvidia.dali as dali
+        import nvidia.dali.fn  # noqa: F401
+        import nvidia.dali.types  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"data.loader='dali' needs NVIDIA DALI ({exc}): {DALI_INSTALL}") from None
+    return dali
+
+
+def dali_available() -> bool:
+    """Whether DALI imports here."""
+    try:
+        import_dali()
+    except ImportError:
+        return False
+    return True
+
+
+def _lo_denominator(lo: float, hi: float) -> tuple[float, float]:
+    """The reference's ``(x - lo) / (hi - lo)`` operands; a flat image (``hi <= lo``) maps to zeros."""
+    if not hi > lo:
+        return _FLAT_LO, 1.0
+    return lo, hi - lo
+
+
+def batch_ranges(mode: str, low: float, high: float):
+    """A ``dl_tensor_python_function`` body: per-sample ``[2]`` float32 ``(lo, hi - lo)`` of the decoded
+    uint16 images, on the images' device. Inputs: images ``[H, W, C]`` uint16 and ``[2]`` int32
+    ``(native channels, bits)``; 8-bit images (``x * 257``) get ``(0, 65535)``; a gray file decoded as
+    RGB is measured on one channel (the reference pools the file's own channels)."""
+
+    def compute(images, kinds):
+        out = []
+        for capsule, kind_capsule in zip(images, kinds):
+            x = torch.from_dlpack(capsule)
+            channels, bits = (int(v) for v in torch.from_dlpack(kind_capsule).tolist())
+            if bits == 8:
+                lo, hi = 0.0, 65535.0
+            else:
+                lo, hi = image_range_torch(x[..., :channels], mode, low, high)
+            pair = torch.tensor(_lo_denominator(lo, hi), dtype=torch.float32, device=x.device)
+            out.append(torch.utils.dlpack.to_dlpack(pair))
+        return out
+
+    return compute
+
+
+def decode_file(path: str | os.PathLike, rgb: bool = False) -> np.ndarray:
+    """Decode one file with DALI on the CPU exactly as the files source does: ``[H, W, 1 or 3]`` uint16
+    (8-bit files as ``x * 257``). For tests and for finding the file that failed a batch.
+
+    Raises:
+        ImageReadError: DALI cannot decode it (the first error line of DALI's message as the reason).
+    """
+    from nvidia.dali import fn, pipeline_def, types
+
+    from .io import ImageReadError
+
+    data = np.fromfile(path, dtype=np.uint8)
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def probe():
+        encoded = fn.external_source(source=lambda: [data], batch=True)
+        return fn.decoders.image(encoded, device="cpu", dtype=types.UINT16,
+                                 output_type=types.RGB if rgb else types.GRAY)
+
+    try:
+        pipe = probe()
+        pipe.build()
+        (out,) = pipe.run()
+    except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError/ValueError with a long trace
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next((line for line in lines if line.startswith("Failed to decode")),
+                      next((line for line in lines if line.startswith("Error in")), type(exc).__name__))
+        if detail.startswith(("Failed to decode", "Error in")):
+            detail = "corrupt or truncated pixel data"
+        raise ImageReadError(path, f"DALI cannot decode it ({detail[:200]})") from None
+    return np.array(out[0])
+
+
+@dataclass
+class _Prepared:
+    """Host inputs of one batch: the positions actually read, files skipped for it, and per-sample arrays."""
+
+    positions: list[int]
+    skipped: list[tuple[str, str]]
+    feeds: tuple[list[np.ndarray], ...]
+
+
+class DaliLoader(ReferenceLoader):
+    """Rank-sharded, resumable batches decoded and augmented by DALI (see the module docstring).
+
+    Args:
+        dataset: an :class:`ImageFolderDataset` over a folder, a manifest or a pack; its crop/flip rule,
+            mapping and normalisation are the ones applied. Every image's size, channels and bit depth
+            must be known (headers checked, or a manifest with width/height/channels/bits).
+        batch_size, seed, rank, world_size: as :class:`ReferenceLoader`.
+        device_id: the CUDA device DALI runs on; ``None`` = CPU mode (every operator on the CPU).
+        num_threads: DALI CPU threads (decoding PNG/TIFF/BMP, CPU operators).
+        dtype: delivered image dtype, ``torch.float32`` or ``torch.float16`` (bf16: cast in ``Batch.to``).
+        prefetch: batches DALI prepares ahead.
+    """
+
+    def __init__(
+        self,
+        dataset: ImageFolderDataset,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        device_id: int | None = None,
+        num_threads: int = 4,
+        dtype: torch.dtype = torch.float32,
+        prefetch: int = 2,
+    ):
+        super().__init__(dataset, batch_size, seed, num_workers=0, drop_last=True, rank=rank,
+                         world_size=world_size, pin_memory=False)
+        import_dali()
+        if not isinstance(dataset, ImageFolderDataset):
+            raise TypeError(f"DaliLoader: expected an ImageFolderDataset, got {type(dataset).__name__}; "
+                            "build one over a folder, a manifest or a pack")
+        unknown = [dataset.paths[i] for i, (s, k) in enumerate(zip(dataset.sizes, dataset.kinds)) if s is None or k is None]
+        if unknown:
+            raise ValueError(
+                f"DaliLoader: expected every image's size, channels and bit depth, got none for {len(unknown)} "
+                f"(e.g. {unknown[0]}); build the dataset with check_headers=True or from a complete curate manifest"
+            )
+        if dtype not in (torch.float32, torch.float16):
+            raise ValueError(f"DaliLoader: expected dtype float32 or float16, got {dtype}; cast bf16 in Batch.to")
+        if num_threads < 1 or prefetch < 1:
+            raise ValueError(f"DaliLoader: expected num_threads >= 1 and prefetch >= 1, got {num_threads}, {prefetch}")
+        self.device_id = device_id
+        self.num_threads = int(num_threads)
+        self.dtype = dtype
+        self.prefetch = int(prefetch)
+        self.packed = dataset.packed
+        self.source = "packed" if self.packed is not None else "files"
+        any_colour = any(k[0] == 3 for k in dataset.kinds)
+        self.decode_rgb = any_colour
+        if dataset.in_chans == 1:
+            self.channels = 1
+        else:
+            self.channels = 3 if (any_colour or dataset._gray_needs_expand) else 1
+        self.average_colour = any_colour and self.channels == 1
+        self.stored_ranges = self.packed is not None and self.packed.mapping == (
+            dataset.sixteen_bit_mode, dataset.low, dataset.high)
+        self._mean = channel_vector("DaliLoader", "mean", dataset.mean, self.channels).flatten().tolist()
+        self._std = channel_vector("DaliLoader", "std", dataset.std, self.channels).flatten().tolist()
+        logger.info("DALI loader: %s source, %s, %d threads, %s decode, %d channel(s) out%s",
+                    self.source, "CPU mode" if device_id is None else f"GPU {device_id}", self.num_threads,
+                    "RGB" if self.decode_rgb else "GRAY", self.channels,
+                    ", stored 16-bit ranges" if self.stored_ranges else "")
+
+    # ------------------------------------------------------------------------------------------
+    # host side: which files, their bytes and their per-sample parameters
+    def _resolve(self, index: int) -> tuple[int, list[tuple[str, str]]]:
+        """The reference substitution: the first position from ``index`` on that is not known unreadable."""
+        n = len(self.dataset)
+        skipped: list[tuple[str, str]] = []
+        for attempt in range(min(self.dataset.max_substitutions, n)):
+            position = (index + attempt) % n
+            path = str(self.dataset.path(position))
+            reason = self.dataset._unreadable.get(path)
+            if reason is None:
+                return position, skipped
+            skipped.append((path, reason))
+        names = "; ".join(f"{p} ({r})" for p, r in skipped)
+        raise RuntimeError(f"DaliLoader: {len(skipped)} consecutive files from position {index} are unreadable: "
+                           f"{names}; run `infmae curate` on the data and train on its manifest")
+
+    def _mark_unreadable(self, path: str, reason: str) -> None:
+        if path not in self.dataset._unreadable:
+            logger.warning("skipping unreadable %s: %s (substituting the next image)", path, reason)
+        self.dataset.note_unreadable([(path, reason)])
+        self._skipped.setdefault(path, reason)
+
+    def _payload(self, position: int) -> np.ndarray:
+        """The bytes DALI starts from: encoded file (files), compressed chunks (packed, GPU) or inflated
+        chunks ``[chunks, chunk_len]`` (packed, CPU mode). Raises ImageReadError / OSError."""
+        if self.packed is None:
+            path = self.dataset.path(position)
+            data = np.fromfile(path, dtype=np.uint8)
+            if data.size == 0:
+                from .io import ImageReadError
+
+                raise ImageReadError(path, "empty file (0 bytes)")
+            return data
+        row = self.dataset.pack_ids[position]
+        if self.device_id is None:
+            return self.packed.raw_chunks(row)
+        return np.frombuffer(self.packed.compressed(row), dtype=np.uint8)
+
+    def _prepare(self, batch: Sequence[int], epoch: int) -> _Prepared:
+        from .io import ImageReadError
+
+        positions: list[int] = []
+        skipped: list[tuple[str, str]] = []
+        payloads, kinds, starts, shapes, flips, ranges, layouts = [], [], [], [], [], [], []
+        for index in batch:
+            while True:
+                position, missed = self._resolve(index)
+                try:
+                    payload = self._payload(position)
+                except (ImageReadError, OSError) as exc:
+                    reason = getattr(exc, "reason", None) or f"cannot read file ({exc})"
+                    self._mark_unreadable(str(self.dataset.path(position)), reason)
+                    continue  # resolve again: the substitute is now the next position
+                break
+            skipped += missed
+            positions.append(position)
+            width, height = self.dataset.sizes[position]
+            channels, bits = self.dataset.kinds[position]
+            params = self.dataset.augment_params(position, height, width, epoch)
+            payloads.append(payload)
+            kinds.append(np.array([channels, bits], np.int32))
+            starts.append(np.array([params.top, params.left], np.int32))
+            shapes.append(np.array([params.height, params.width], np.int32))
+            flips.append(np.array(int(params.flip), np.int32))
+            if self.packed is not None:
+                entry = self.packed.entries[self.dataset.pack_ids[position]]
+                layouts.append(np.array([entry.height, entry.width, entry.channels, bits // 8, entry.nbytes,
+                                         entry.chunk_len], np.int32))
+                if self.stored_ranges:
+                    lo, hi = (0.0, 65535.0) if bits == 8 else (entry.lo, entry.hi)
+                    ranges.append(np.array(_lo_denominator(lo, hi), np.float32))
+        feeds = {"payload": payloads, "kind": kinds, "start": starts, "shape": shapes, "flip": flips,
+                 "layout": layouts, "ranges": ranges}
+        if "chunk_sizes" in self._feed_names:
+            feeds["chunk_sizes"] = [np.array(self.packed.entries[self.dataset.pack_ids[p]].chunk_sizes, np.int32)
+                                    for p in positions]
+        return _Prepared(positions, skipped, tuple(feeds[name] for name in self._feed_names))
+
+    @property
+    def _feed_names(self) -> tuple[str, ...]:
+        """The per-sample inputs the graph uses, in the external source's output order."""
+        names = ["payload", "start", "shape", "flip"]
+        if self.packed is not None:
+            names.append("layout")  # [H, W, C, bytes per sample, raw bytes, inflated chunk length]
+            if self.device_id is not None:
+                names.append("chunk_sizes")  # compressed sizes of the chunks, for fn.decoders.inflate
+        names.append("ranges" if self.stored_ranges else "kind")  # stored (lo, hi - lo), or what computes it
+        return tuple(names)
+
+    # ------------------------------------------------------------------------------------------
+    # the DALI graph
+    def _build(self, prepared: Iterator[_Prepared]):
+        """A pipeline whose external source pulls one prepared batch per iteration from ``prepared``."""
+        from nvidia.dali import fn, pipeline_def, types
+        import nvidia.dali.math as dmath
+
+        ds = self.dataset
+        gpu = self.device_id is not None
+        packed = self.packed is not None
+        names = self._feed_names
+        out_h, out_w = ds.img_size
+        mode, low, high = ds.sixteen_bit_mode, ds.low, ds.high
+        self._inflight: list[_Prepared] = []
+
+        def source():
+            item = next(prepared)  # StopIteration past the last step ends DALI's epoch
+            self._inflight.append(item)
+            return item.feeds
+
+        @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
+                      prefetch_queue_depth=self.prefetch)
+        def pipeline():
+            feeds = dict(zip(names, fn.external_source(source=source, num_outputs=len(names), batch=True)))
+            payload, start, shape, flip = feeds["payload"], feeds["start"], feeds["shape"], feeds["flip"]
+            if packed:
+                layout = feeds["layout"]
+                chunks = fn.decoders.inflate(payload.gpu(), shape=layout[5:6], chunk_sizes=feeds.get("chunk_sizes"),
+                                             dtype=types.UINT8) if gpu else payload  # [chunks, chunk_len]
+                flat = fn.reshape(chunks, shape=[-1])
+                flat = fn.slice(flat, start=[0], shape=layout[4:5], axes=[0])  # drop the padding
+                pairs = fn.reshape(flat, shape=layout[0:4])  # [H, W, C, bps], little-endian bytes
+                low_byte = fn.cast(pairs[:, :, :, 0], dtype=types.UINT16)
+                high_byte = fn.cast(pairs[:, :, :, -1], dtype=types.UINT16)
+                image = low_byte + high_byte * types.Constant(256, dtype=types.UINT16)
+            else:
+                image = fn.decoders.image(payload, device="mixed" if gpu else "cpu", dtype=types.UINT16,
+                                          output_type=types.RGB if self.decode_rgb else types.GRAY)
+            if self.stored_ranges:
+                lo_den = feeds["ranges"].gpu() if gpu else feeds["ranges"]
+            else:
+                kind = feeds["kind"]
+                lo_den = fn.dl_tensor_python_function(
+                    image, kind.gpu() if gpu else kind, function=batch_ranges(mode, low, high),
+                    batch_processing=True, num_outputs=1, device="gpu" if gpu else "cpu")
+            crop = fn.slice(image, start=start, shape=shape, axes=[0, 1])
+            x = dmath.clamp((fn.cast(crop, dtype=types.FLOAT) - lo_den[0]) / lo_den[1], 0.0, 1.0)
+            if self.channels == 3:
+                x = x * types.Constant(np.ones((1, 1, 3), np.float32))  # gray [h,w,1] -> [h,w,3]; colour unchanged
+            elif self.average_colour:
+                x = fn.reductions.mean(x, axes=[2], keep_dims=True)
+            x = fn.resize(x, size=[out_h, out_w], interp_type=types.INTERP_CUBIC, antialias=True,
+                          dtype=types.FLOAT)
+            x = dmath.clamp(x, 0.0, 1.0)
+            return fn.crop_mirror_normalize(
+                x, mirror=flip, mean=self._mean, std=self._std, output_layout="CHW",
+                dtype=types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT)
+
+        pipe = pipeline()
+        pipe.build()
+        return pipe
+
+    def _to_tensor(self, output) -> torch.Tensor:
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        tensor = output.as_tensor()
+        device = torch.device("cpu") if self.device_id is None else torch.device("cuda", self.device_id)
+        out = torch.empty(tensor.shape(), dtype=self.dtype, device=device)
+        stream = None if self.device_id is None else torch.cuda.current_stream(device)
+        feed_ndarray(tensor, out, cuda_stream=stream)
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    def _find_undecodable(self, positions: Sequence[int]) -> list[tuple[str, str]]:
+        """Decode each file on the CPU, one at a time, as the pipeline would; ``(path, reason)`` of failures."""
+        bad = []
+        for position in positions:
+            path = str(self.dataset.path(position))
+            try:
+                if self.packed is not None:
+                    self.packed.read(self.dataset.pack_ids[position])
+                else:
+                    decode_file(path, rgb=self.decode_rgb)
+            except Exception as exc:  # noqa: BLE001 - any decoder failure marks the file
+                bad.append((path, getattr(exc, "reason", None) or str(exc)))
+        return bad
+
+    def iter_epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """Yield the batches of ``epoch`` from ``start_step`` on, on the pipeline's device (see the class doc)."""
+        steps = self.steps_per_epoch
+        if not 0 <= start_step <= steps:
+            raise ValueError(f"DaliLoader.iter_epoch: expected 0 <= start_step <= {steps}, got {start_step}; "
+                             "resume from the step stored in the checkpoint")
+        batches = self.epoch_batches(epoch)
+        self.dataset.set_epoch(epoch)
+        step = start_step
+        while step < steps:
+            prepared = (self._prepare(b, epoch) for b in batches[step:])
+            pipe = self._build(prepared)
+            try:
+                while step < steps:
+                    (images,) = pipe.run()
+                    item = self._inflight.pop(0)
+                    batch = Batch(images=self._to_tensor(images),
+                                  indices=torch.tensor(item.positions, dtype=torch.int64), skipped=item.skipped)
+                    for path, reason in item.skipped:
+                        self._skipped.setdefault(path, reason)
+                    step += 1
+                    yield batch
+            except (RuntimeError, StopIteration) as exc:
+                if isinstance(exc, StopIteration) or "decod" not in str(exc).lower():
+                    raise
+                # the failing batch is the oldest one DALI took in and has not delivered
+                suspects = [p for item in self._inflight for p in item.positions]
+                bad = self._find_undecodable(suspects)
+                if not bad:
+                    raise
+                for path, reason in bad:
+                    self._mark_unreadable(path, reason)
+            finally:
+                del pipe

@@ -1,0 +1,350 @@
+"""Packed training copies: raw pixels, LZ4-compressed, in a few large shard files (``infmae pack``).
+
+Legend: N = images; H, W = an image's stored size; C = stored channels (1, or 3 for colour sources);
+bps = bytes per sample (1 for 8-bit, 2 for 16-bit).
+
+Why: PNG and TIFF decode on the CPU even in DALI's ``mixed`` decoder, so a GPU that trains on thousands
+of images per second starves. A packed copy holds every image as raw little-endian ``uint8``/``uint16``
+pixels compressed with LZ4 (block format, what ``fn.decoders.inflate`` reads on the GPU), so every
+format and bit depth reaches the GPU undecoded. The reference loader reads the same shards on the CPU
+(``lz4.block``), so the two loaders stay comparable on identical pixels.
+
+Layout of a pack folder::
+
+    pack.json         format, version, counts, chunk size, the mapping the ranges were computed with
+    index.csv         one row per image (INDEX_COLUMNS), in the source's sorted order
+    shard-00000.bin   concatenated compressed chunks
+
+An image's raw bytes (``H*W*C*bps``, C-order ``[H, W, C]``) are zero-padded to ``chunks * chunk_len``
+and cut into ``chunks`` equal pieces of ``chunk_len`` bytes (at most :data:`CHUNK_BYTES`), each
+compressed on its own: ``inflate`` requires equal inflated chunk shapes, and several chunks let the GPU
+inflate a 6912x1024 frame in parallel. The row stores the compressed chunk sizes; the chunks lie back to
+back from ``offset`` in the shard.
+
+Packing is lossless unless ``max_side`` is given: then images whose longer side exceeds it are resized
+(bicubic, antialiased, rounded) so that side equals ``max_side``. ``lo``/``hi`` are the image's range
+under the pack's mapping (:func:`infmae.data.mapping.image_range` on the stored pixels) so a loader with
+the same mapping need not compute it; 8-bit rows store ``0, 255``.
+
+The folder is written under a temporary name and renamed when complete: a pack is never half-written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import mmap
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .io import ImageReadError, read_image
+from .mapping import SIXTEEN_BIT_MODES, image_range
+
+logger = logging.getLogger(__name__)
+
+PACK_FORMAT = "infmae-pack"
+PACK_VERSION = 1
+CHUNK_BYTES = 1 << 20
+INDEX_COLUMNS: tuple[str, ...] = (
+    "path", "shard", "offset", "chunk_len", "chunk_sizes", "height", "width", "channels", "bits", "lo", "hi",
+    "source_height", "source_width",
+)
+
+
+def _lz4_block():
+    try:
+        import lz4.block
+    except ImportError:
+        raise ImportError("packed data needs the lz4 package: pip install lz4 (or pip install -e '.[data]')") from None
+    return lz4.block
+
+
+def is_pack(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a pack folder (holds ``pack.json``)."""
+    return (Path(path) / "pack.json").is_file()
+
+
+@dataclass(frozen=True)
+class PackedEntry:
+    """One index row (see the module docstring); ``chunk_sizes`` are compressed sizes in bytes."""
+
+    path: str
+    shard: int
+    offset: int
+    chunk_len: int
+    chunk_sizes: tuple[int, ...]
+    height: int
+    width: int
+    channels: int
+    bits: int
+    lo: float
+    hi: float
+
+    @property
+    def nbytes(self) -> int:
+        """Raw (inflated, unpadded) size: ``H * W * C * bps``."""
+        return self.height * self.width * self.channels * (self.bits // 8)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+
+def chunk_layout(nbytes: int, chunk_bytes: int = CHUNK_BYTES) -> tuple[int, int]:
+    """``(chunks, chunk_len)``: the fewest equal chunks of at most ``chunk_bytes`` covering ``nbytes``."""
+    if nbytes <= 0:
+        raise ValueError(f"chunk_layout: expected nbytes > 0, got {nbytes}; an image has at least one pixel")
+    chunks = math.ceil(nbytes / chunk_bytes)
+    return chunks, math.ceil(nbytes / chunks)
+
+
+def cap_longer_side(array: np.ndarray, max_side: int) -> np.ndarray:
+    """Resize ``[H, W, C]`` uint8/uint16 so its longer side is ``max_side`` (bicubic, antialiased, rounded
+    and clipped to the dtype); returned unchanged when it already fits."""
+    height, width = array.shape[:2]
+    if max(height, width) <= max_side:
+        return array
+    factor = max_side / max(height, width)
+    new_h, new_w = max(1, round(height * factor)), max(1, round(width * factor))
+    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, 2, 0), dtype=np.float32))[None]
+    y = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)[0]
+    top = 255.0 if array.dtype == np.uint8 else 65535.0
+    y = y.round_().clamp_(0.0, top).numpy().astype(array.dtype)
+    return np.ascontiguousarray(np.moveaxis(y, 0, 2))
+
+
+def compress_image(array: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> tuple[int, list[bytes]]:
+    """LZ4-block-compress ``[H, W, C]`` pixels as equal padded chunks: ``(chunk_len, [chunk, ...])``."""
+    raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    chunks, chunk_len = chunk_layout(len(raw), chunk_bytes)
+    raw = raw + bytes(chunks * chunk_len - len(raw))
+    block = _lz4_block()
+    return chunk_len, [block.compress(raw[i * chunk_len : (i + 1) * chunk_len], store_size=False)
+                       for i in range(chunks)]
+
+
+def _pack_one(job: tuple[str, str, int | None, int, str, float, float]) -> dict:
+    """Worker: read, cap, measure and compress one file; returns a row dict with its chunks, or an error."""
+    rel, path, max_side, chunk_bytes, mode, low, high = job
+    try:
+        array = read_image(path)
+    except ImageReadError as exc:
+        return {"path": rel, "error": exc.reason}
+    source_h, source_w = array.shape[:2]
+    if max_side:
+        array = cap_longer_side(array, max_side)
+    lo, hi = image_range(array, mode, low, high)
+    chunk_len, chunks = compress_image(array, chunk_bytes)
+    return {
+        "path": rel, "chunk_len": chunk_len, "chunks": chunks, "height": array.shape[0], "width": array.shape[1],
+        "channels": array.shape[2], "bits": array.dtype.itemsize * 8, "lo": lo, "hi": hi,
+        "source_height": source_h, "source_width": source_w,
+    }
+
+
+def pack_dataset(
+    files: Sequence[str],
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    max_side: int | None = None,
+    shard_bytes: int = 1 << 30,
+    chunk_bytes: int = CHUNK_BYTES,
+    workers: int | None = None,
+    sixteen_bit_mode: str = "percentile",
+    low: float = 0.5,
+    high: float = 99.5,
+    source: str = "",
+) -> dict:
+    """Write a pack of ``files`` (paths relative to ``root``) to the folder ``out``.
+
+    Args:
+        files: relative paths, e.g. from :func:`infmae.data.folder.scan_folder` or a manifest's kept rows.
+        root: the folder they are relative to.
+        out: the pack folder to create (must not exist).
+        max_side: cap the longer side at this many pixels (lossy); ``None`` keeps every pixel.
+        shard_bytes: start a new shard after this many compressed bytes.
+        chunk_bytes: the largest inflated chunk (nvCOMP's LZ4 allows up to 16 MiB).
+        workers: processes reading and compressing (default: all cores).
+        sixteen_bit_mode, low, high: the mapping whose per-image range is stored (match the training config).
+        source: a description of the source, recorded in ``pack.json``.
+
+    Returns:
+        the ``pack.json`` dict, including ``skipped`` (path, reason) of the files that could not be read.
+    """
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"pack: expected a new output folder, got existing {out}; remove it or choose another -o")
+    if max_side is not None and max_side < 16:
+        raise ValueError(f"pack: expected max_side >= 16 (one patch), got {max_side}; e.g. --max-side 1024")
+    if sixteen_bit_mode not in SIXTEEN_BIT_MODES:
+        raise ValueError(f"pack: expected sixteen_bit_mode in {SIXTEEN_BIT_MODES}, got {sixteen_bit_mode!r}")
+    if not 1 <= chunk_bytes <= 1 << 24:
+        raise ValueError(f"pack: expected 1 <= chunk_bytes <= 16 MiB (nvCOMP's LZ4 limit), got {chunk_bytes}")
+    _lz4_block()
+    root = Path(root)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    workers = workers or os.cpu_count() or 1
+    jobs = [(rel, str(root / rel), max_side, chunk_bytes, sixteen_bit_mode, low, high) for rel in files]
+    shards: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    raw_bytes = packed_bytes = 0
+    shard_handle = None
+    shard_fill = 0
+    start = time.monotonic()
+    with open(tmp / "index.csv", "w", newline="", encoding="utf-8") as index_handle:
+        writer = csv.writer(index_handle)
+        writer.writerow(INDEX_COLUMNS)
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results: Iterator[dict] = (
+                pool.map(_pack_one, jobs, chunksize=8) if workers > 1 else map(_pack_one, jobs)
+            )
+            for done, row in enumerate(results, 1):
+                if "error" in row:
+                    logger.warning("pack: skipping unreadable %s: %s", root / row["path"], row["error"])
+                    skipped.append((row["path"], row["error"]))
+                    continue
+                if shard_handle is None or shard_fill >= shard_bytes:
+                    if shard_handle is not None:
+                        shard_handle.close()
+                    shards.append(f"shard-{len(shards):05d}.bin")
+                    shard_handle = open(tmp / shards[-1], "wb")
+                    shard_fill = 0
+                offset = shard_fill
+                for chunk in row["chunks"]:
+                    shard_handle.write(chunk)
+                    shard_fill += len(chunk)
+                sizes = [len(c) for c in row["chunks"]]
+                packed_bytes += sum(sizes)
+                raw_bytes += row["height"] * row["width"] * row["channels"] * row["bits"] // 8
+                writer.writerow([
+                    row["path"], len(shards) - 1, offset, row["chunk_len"], ";".join(map(str, sizes)), row["height"],
+                    row["width"], row["channels"], row["bits"], repr(float(row["lo"])), repr(float(row["hi"])),
+                    row["source_height"], row["source_width"],
+                ])
+                if done % 5000 == 0 or done == len(jobs):
+                    elapsed = time.monotonic() - start
+                    logger.info("pack: %d / %d files (%.0f files/s)", done, len(jobs), done / max(elapsed, 1e-9))
+    if shard_handle is not None:
+        shard_handle.close()
+    count = len(jobs) - len(skipped)
+    if count == 0:
+        shutil.rmtree(tmp)
+        raise ValueError(f"pack: expected at least one readable image among {len(jobs)} files in {root}; check the path")
+    info = {
+        "format": PACK_FORMAT, "version": PACK_VERSION, "count": count, "shards": shards,
+        "chunk_bytes": chunk_bytes, "max_side": max_side,
+        "mapping": {"sixteen_bit_mode": sixteen_bit_mode, "low": low, "high": high},
+        "raw_bytes": raw_bytes, "packed_bytes": packed_bytes, "source": source or str(root),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "skipped": skipped,
+    }
+    (tmp / "pack.json").write_text(json.dumps(info, indent=1))
+    os.replace(tmp, out)
+    logger.info("pack: %d images, %.1f MB raw -> %.1f MB in %d shard(s) (%.2fx), %d skipped, in %s",
+                count, raw_bytes / 1e6, packed_bytes / 1e6, len(shards), raw_bytes / max(packed_bytes, 1),
+                len(skipped), out)
+    return info
+
+
+class PackedReader:
+    """Random access to a pack's images (memory-mapped shards; safe to use from DataLoader workers).
+
+    Args:
+        root: a pack folder written by :func:`pack_dataset`.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        try:
+            self.info = json.loads((self.root / "pack.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"PackedReader: expected {self.root}/pack.json written by `infmae pack`, got {exc}") from None
+        if self.info.get("format") != PACK_FORMAT or self.info.get("version") != PACK_VERSION:
+            raise ValueError(
+                f"PackedReader: expected format {PACK_FORMAT} version {PACK_VERSION}, got "
+                f"{self.info.get('format')} version {self.info.get('version')} in {self.root}; re-run `infmae pack`"
+            )
+        self.entries: list[PackedEntry] = []
+        with open(self.root / "index.csv", newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                self.entries.append(PackedEntry(
+                    path=row["path"], shard=int(row["shard"]), offset=int(row["offset"]),
+                    chunk_len=int(row["chunk_len"]), chunk_sizes=tuple(int(s) for s in row["chunk_sizes"].split(";")),
+                    height=int(row["height"]), width=int(row["width"]), channels=int(row["channels"]),
+                    bits=int(row["bits"]), lo=float(row["lo"]), hi=float(row["hi"]),
+                ))
+        if len(self.entries) != self.info["count"]:
+            raise ValueError(
+                f"PackedReader: expected {self.info['count']} index rows in {self.root}, got {len(self.entries)}; "
+                "the pack is damaged: re-run `infmae pack`"
+            )
+        self._maps: dict[int, mmap.mmap] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def mapping(self) -> tuple[str, float, float]:
+        """``(sixteen_bit_mode, low, high)`` the stored ranges were computed with."""
+        m = self.info["mapping"]
+        return m["sixteen_bit_mode"], float(m["low"]), float(m["high"])
+
+    def __getstate__(self) -> dict:  # mmaps do not pickle; workers reopen them
+        state = dict(self.__dict__)
+        state["_maps"] = {}
+        return state
+
+    def _shard(self, shard: int) -> mmap.mmap:
+        if shard not in self._maps:
+            with open(self.root / self.info["shards"][shard], "rb") as handle:
+                self._maps[shard] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        return self._maps[shard]
+
+    def compressed(self, index: int) -> memoryview:
+        """The image's compressed chunks, back to back (``sum(chunk_sizes)`` bytes, no copy)."""
+        entry = self.entries[index]
+        return memoryview(self._shard(entry.shard))[entry.offset : entry.offset + sum(entry.chunk_sizes)]
+
+    def raw_chunks(self, index: int) -> np.ndarray:
+        """``[chunks, chunk_len]`` uint8: the inflated padded chunks (what ``fn.decoders.inflate`` outputs).
+
+        Raises:
+            ImageReadError: a chunk that does not inflate to ``chunk_len`` bytes (a damaged shard).
+        """
+        entry = self.entries[index]
+        data = self.compressed(index)
+        block = _lz4_block()
+        out = np.empty((len(entry.chunk_sizes), entry.chunk_len), np.uint8)
+        start = 0
+        for i, size in enumerate(entry.chunk_sizes):
+            try:
+                raw = block.decompress(data[start : start + size], uncompressed_size=entry.chunk_len)
+            except Exception as exc:  # noqa: BLE001 - lz4 raises LZ4BlockError on damaged data
+                raise ImageReadError(self.root / entry.path, f"damaged packed chunk {i} ({exc})") from None
+            if len(raw) != entry.chunk_len:
+                raise ImageReadError(self.root / entry.path, f"packed chunk {i} inflated to {len(raw)} bytes, "
+                                     f"expected {entry.chunk_len}")
+            out[i] = np.frombuffer(raw, np.uint8)
+            start += size
+        return out
+
+    def read(self, index: int) -> np.ndarray:
+        """The stored image: ``[H, W, C]`` uint8 or uint16 (native byte order)."""
+        entry = self.entries[index]
+        flat = self.raw_chunks(index).reshape(-1)[: entry.nbytes]
+        dtype = np.dtype("<u2") if entry.bits == 16 else np.dtype(np.uint8)
+        return flat.view(dtype).reshape(entry.shape).astype(dtype.newbyteorder("="), copy=False)
