@@ -169,3 +169,16 @@ def test_unknown_sizes_are_a_clear_error(tmp_path, synthetic):
     dataset = ImageFolderDataset(manifest, img_size=(32, 32), in_chans=3, seed=0, base=root, check_headers=False)
     with pytest.raises(ValueError, match="check_headers=True"):
         DaliLoader(dataset, batch_size=2, seed=0)
+
+
+def test_dali_trains_on_a_manifest_kept_rows_only(tmp_path, synthetic):
+    root, _ = synthetic
+    files = [p for p in scan_folder(root) if "tiny" not in p and "empty" not in p and "notes" not in p]
+    kept = set(files[::2])
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,status\n" + "".join(f"{p},{'keep' if p in kept else 'near_duplicate'}\n" for p in files))
+    dataset = ImageFolderDataset(manifest, img_size=(32, 32), in_chans=3, seed=0, base=root)
+    assert set(dataset.paths) == kept
+    loader = DaliLoader(dataset, batch_size=3, seed=0)
+    seen = {dataset.paths[i] for b in loader.iter_epoch(0) for i in b.indices.tolist()}
+    assert seen and seen <= kept
