@@ -412,8 +412,8 @@ class DaliLoader(ReferenceLoader):
                         self._skipped.setdefault(path, reason)
                     step += 1
                     yield batch
-            except (RuntimeError, StopIteration) as exc:
-                if isinstance(exc, StopIteration) or "decod" not in str(exc).lower():
+            except RuntimeError as exc:
+                if "decod" not in str(exc).lower():
                     raise
                 # the failing batch is the oldest one DALI took in and has not delivered
                 suspects = [p for item in self._inflight for p in item.positions]
