@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ from infmae.data.packed import is_pack, pack_dataset  # noqa: E402
 
 logger = logging.getLogger("bench_data")
 
-#: parity bounds (normalised units) of tests/tolerances.py for IR scenes: max and batch mean
+#: parity bounds (normalised units) for IR scenes: the values of tests/tolerances.py's dali_parity_* rows
 PARITY_MAX, PARITY_MEAN = 0.2, 2e-3
 
 
@@ -47,8 +48,6 @@ def make_data(root: Path, count: int, wide: int) -> tuple[Path, Path, float | No
     done = root / f".complete_{count}_{wide}"
     if not done.exists():
         if root.exists():
-            import shutil
-
             shutil.rmtree(root)
         generate_dataset(images / "frames", count, seed=0, sizes=[(512, 640)], include_bad=False)
         if wide:
@@ -74,7 +73,8 @@ def build(kind: str, data: Path, batch: int, threads: int, img: int, device: tor
                       device_id=(device.index or 0) if device.type == "cuda" else None)
 
 
-def first_batch(loader, device: torch.device) -> torch.Tensor:
+def first_batch(loader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loader's first batch of epoch 0: (``[B, 3, H, W]`` float32 images on the CPU, positions)."""
     batch = next(iter(loader.iter_epoch(0)))
     return batch.to(device, channels=3).images.float().cpu(), batch.indices
 

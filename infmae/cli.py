@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from infmae.config import PRESETS, Config, ModelConfig, apply_overrides, preset
+from infmae.data.mapping import SIXTEEN_BIT_MODES
 from infmae.logging_utils import setup_logging
 
 log = logging.getLogger("infmae")
@@ -142,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--shard-mb", type=int, default=1024, help="shard size, MB (1024)")
     k.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
     k.add_argument("--data-root", default=None, help="for a manifest: the folder its paths start from")
-    k.add_argument("--sixteen-bit-mode", default="percentile", help="mapping whose ranges are stored (percentile)")
+    k.add_argument("--sixteen-bit-mode", default="percentile", choices=SIXTEEN_BIT_MODES,
+                   help="mapping whose ranges are stored; match data.sixteen_bit_mode (percentile)")
     k.add_argument("--low", type=float, default=0.5, help="low percentile of that mapping (0.5)")
     k.add_argument("--high", type=float, default=99.5, help="high percentile of that mapping (99.5)")
     k.set_defaults(func=_pack)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from infmae.data.mapping import apply_range, image_range, to_unit_float
+from infmae.data.mapping import SIXTEEN_BIT_MODES, apply_range, image_range, to_unit_float
 from infmae.data.synthetic import make_scene
 
 
@@ -109,3 +109,27 @@ def test_bad_inputs_name_the_problem(rng):
         image_range(np.zeros((4, 4, 1), np.uint16), "gamma")
     with pytest.raises(ValueError, match="0 <= low < high <= 100"):
         image_range(np.zeros((4, 4, 1), np.uint16), "percentile", 60, 40)
+
+
+def test_image_ranges_torch_equals_the_numpy_rule():
+    """The batched torch range (used on DALI's decoded uint16 images) is bit-identical to image_range:
+    random bands, flat images, single hot pixels, tiny images, every mode and several percentiles."""
+    from infmae.data.mapping import image_range_torch, image_ranges_torch
+
+    rng = np.random.default_rng(0)
+    arrays = []
+    for t in range(60):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        a = rng.integers(7000, 7000 + int(rng.integers(1, 3000)), (h, w, 1)).astype(np.uint16)
+        if t % 7 == 0:
+            a[:] = 5  # flat
+        if t % 5 == 0:
+            a[0, 0, 0] = 65535  # a hot pixel
+        arrays.append(a)
+    for mode in SIXTEEN_BIT_MODES:
+        for low, high in [(0.5, 99.5), (2.0, 98.0), (0.0, 100.0)]:
+            expected = [image_range(a, mode, low, high) for a in arrays]
+            assert image_ranges_torch([torch.from_numpy(a) for a in arrays], mode, low, high) == expected
+            assert image_range_torch(torch.from_numpy(arrays[3]), mode, low, high) == expected[3]
+    with pytest.raises(TypeError, match="uint16"):
+        image_ranges_torch([torch.zeros(2, 2, 1, dtype=torch.uint8)])

@@ -48,7 +48,7 @@ import torch
 from .batch import Batch
 from .folder import ImageFolderDataset
 from .loader import ReferenceLoader
-from .mapping import image_range_torch
+from .mapping import image_ranges_torch
 from .transforms import channel_vector
 
 logger = logging.getLogger(__name__)
@@ -92,17 +92,17 @@ def batch_ranges(mode: str, low: float, high: float):
     RGB is measured on one channel (the reference pools the file's own channels)."""
 
     def compute(images, kinds):
-        out = []
-        for capsule, kind_capsule in zip(images, kinds):
-            x = torch.from_dlpack(capsule)
-            channels, bits = (int(v) for v in torch.from_dlpack(kind_capsule).tolist())
-            if bits == 8:
-                lo, hi = 0.0, 65535.0
-            else:
-                lo, hi = image_range_torch(x[..., :channels], mode, low, high)
-            pair = torch.tensor(_lo_denominator(lo, hi), dtype=torch.float32, device=x.device)
-            out.append(torch.utils.dlpack.to_dlpack(pair))
-        return out
+        xs = [torch.from_dlpack(capsule) for capsule in images]
+        if not xs:
+            return []
+        # one transfer for the kinds and one (inside image_ranges_torch) for the ranges: no per-sample sync
+        host_kinds = torch.stack([torch.from_dlpack(k) for k in kinds]).cpu().tolist()
+        wide = [i for i, (_, bits) in enumerate(host_kinds) if bits == 16]
+        ranges = [(0.0, 65535.0)] * len(xs)
+        for i, value in zip(wide, image_ranges_torch([xs[i][..., : host_kinds[i][0]] for i in wide], mode, low, high)):
+            ranges[i] = value
+        pairs = torch.tensor([_lo_denominator(lo, hi) for lo, hi in ranges], dtype=torch.float32).to(xs[0].device)
+        return [torch.utils.dlpack.to_dlpack(pair) for pair in pairs.unbind(0)]
 
     return compute
 

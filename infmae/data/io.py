@@ -127,6 +127,11 @@ def read_image_header(path: str | os.PathLike) -> tuple[int, int, str]:
 _GRAY_MODES = ("L", "LA", "1", "I", "F") + _SIXTEEN_BIT_MODES
 
 
+def _is_wide_colour(mode: str, raw_mode: str) -> bool:
+    """16 bits per sample decoded by Pillow into an 8-bit colour mode (it drops the low byte)."""
+    return ";16" in raw_mode and mode not in _SIXTEEN_BIT_MODES and mode != "I"
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """What a file's header says, without decoding pixels.
@@ -163,7 +168,7 @@ def read_image_info(path: str | os.PathLike) -> ImageInfo:
             mode, fmt, raw_mode = img.mode, img.format, _raw_mode(img)
     if width <= 0 or height <= 0:
         raise ImageReadError(path, f"invalid size {width}x{height}")
-    wide_colour = ";16" in raw_mode and mode not in _SIXTEEN_BIT_MODES and mode != "I"
+    wide_colour = _is_wide_colour(mode, raw_mode)
     if wide_colour and fmt not in _TIFF_FORMATS:
         raise ImageReadError(
             path, f"16-bit colour {fmt} (raw mode {raw_mode}) would be truncated to 8 bits by Pillow; "
@@ -251,8 +256,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         img = _open(path)
         with img:
             raw_mode = _raw_mode(img)
-            wide_colour = ";16" in raw_mode and img.mode not in _SIXTEEN_BIT_MODES and img.mode != "I"
-            if wide_colour:
+            if _is_wide_colour(img.mode, raw_mode):
                 if img.format in _TIFF_FORMATS:
                     return _read_tiff_with_tifffile(path)
                 raise ImageReadError(

@@ -150,38 +150,62 @@ def to_unit_float(
     return apply_range(array, float(lo), float(hi))
 
 
+def image_ranges_torch(
+    images: list[torch.Tensor], mode: str = "percentile", low: float = 0.5, high: float = 99.5
+) -> list[tuple[float, float]]:
+    """:func:`image_range` of each ``uint16`` tensor of a batch, on any device, bit-identical to numpy's
+    rule, with one device-to-host transfer for the whole batch (for loaders that decode to 16-bit on the
+    GPU, i.e. DALI). 8-bit data must be handled by the caller (its range is fixed).
+
+    The percentile path is the histogram walk of :func:`_percentiles_uint16`: a 65536-bin count, its
+    cumulative sum and the sorted positions found by ``searchsorted``, all on the device; the
+    interpolation is then done in Python floats exactly as numpy does it.
+    """
+    _check_mode("image_ranges_torch", mode, low, high)
+    for x in images:
+        if x.dtype != torch.uint16:
+            raise TypeError(f"image_ranges_torch: expected uint16 tensors, got {x.dtype}; decode 16-bit data as uint16")
+    if mode == "full":
+        return [(0.0, 65535.0)] * len(images)
+    plans, stats = [], []
+    for x in images:
+        flat = x.reshape(-1).to(torch.int32)
+        parts = [flat.min().view(1), flat.max().view(1)]
+        plan = []
+        if mode == "percentile":
+            n = flat.numel()
+            positions = []
+            for q in (low, high):
+                virtual = (q / 100.0) * (n - 1)
+                below = int(np.floor(virtual))
+                positions += [below, min(below + 1, n - 1)]
+                plan.append(virtual - below)
+            cumulative = torch.bincount(flat, minlength=65536).cumsum_(0)
+            wanted = torch.tensor(positions, device=x.device, dtype=cumulative.dtype)
+            parts.append(torch.searchsorted(cumulative, wanted, right=True).to(torch.int32))
+        plans.append(plan)
+        stats.append(torch.cat(parts))
+    host = torch.cat(stats).cpu().tolist() if stats else []  # the one sync
+    out, offset = [], 0
+    for plan in plans:
+        lo_min, hi_max = float(host[offset]), float(host[offset + 1])
+        found = host[offset + 2 : offset + 2 + 2 * len(plan)]
+        offset += 2 + 2 * len(plan)
+        if plan:
+            ends = []
+            for (a, b), frac in zip(((found[0], found[1]), (found[2], found[3])), plan):
+                a, b = float(a), float(b)
+                diff = b - a
+                ends.append(b - diff * (1.0 - frac) if frac >= 0.5 else a + diff * frac)
+            if ends[1] > ends[0]:
+                out.append((ends[0], ends[1]))
+                continue
+        out.append((lo_min, hi_max))
+    return out
+
+
 def image_range_torch(
     x: torch.Tensor, mode: str = "percentile", low: float = 0.5, high: float = 99.5
 ) -> tuple[float, float]:
-    """:func:`image_range` of a ``uint16`` tensor on any device (bit-identical to numpy's rule), for
-    loaders that decode to 16-bit on the GPU (DALI). ``x`` holds 16-bit samples; 8-bit data must be
-    handled by the caller (its range is fixed).
-
-    The percentile path is the same histogram walk as :func:`_percentiles_uint16`: a 65536-bin count,
-    its cumulative sum, and the two sorted positions found by ``searchsorted``; the interpolation is done
-    in Python floats exactly as numpy does it.
-    """
-    _check_mode("image_range_torch", mode, low, high)
-    if x.dtype != torch.uint16:
-        raise TypeError(f"image_range_torch: expected a uint16 tensor, got {x.dtype}; decode 16-bit data as uint16")
-    if mode == "full":
-        return 0.0, 65535.0
-    flat = x.reshape(-1).to(torch.int32)
-    if mode == "percentile":
-        cumulative = torch.bincount(flat, minlength=65536).cumsum_(0)
-        n = flat.numel()
-        positions, fracs = [], []
-        for q in (low, high):
-            virtual = (q / 100.0) * (n - 1)
-            below = int(np.floor(virtual))
-            positions += [below, min(below + 1, n - 1)]
-            fracs.append(virtual - below)
-        found = torch.searchsorted(cumulative, torch.tensor(positions, device=x.device), right=True).tolist()
-        out = []
-        for (a, b), frac in zip(((found[0], found[1]), (found[2], found[3])), fracs):
-            a, b = float(a), float(b)
-            diff = b - a
-            out.append(b - diff * (1.0 - frac) if frac >= 0.5 else a + diff * frac)
-        if out[1] > out[0]:
-            return out[0], out[1]
-    return float(flat.min()), float(flat.max())
+    """:func:`image_ranges_torch` of one image."""
+    return image_ranges_torch([x], mode, low, high)[0]

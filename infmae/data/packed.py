@@ -209,10 +209,9 @@ def pack_dataset(
     with open(tmp / "index.csv", "w", newline="", encoding="utf-8") as index_handle:
         writer = csv.writer(index_handle)
         writer.writerow(INDEX_COLUMNS)
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results: Iterator[dict] = (
-                pool.map(_pack_one, jobs, chunksize=8) if workers > 1 else map(_pack_one, jobs)
-            )
+        pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+        results: Iterator[dict] = pool.map(_pack_one, jobs, chunksize=8) if pool else map(_pack_one, jobs)
+        try:
             for done, row in enumerate(results, 1):
                 if "error" in row:
                     logger.warning("pack: skipping unreadable %s: %s", root / row["path"], row["error"])
@@ -239,6 +238,9 @@ def pack_dataset(
                 if done % 5000 == 0 or done == len(jobs):
                     elapsed = time.monotonic() - start
                     logger.info("pack: %d / %d files (%.0f files/s)", done, len(jobs), done / max(elapsed, 1e-9))
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
     if shard_handle is not None:
         shard_handle.close()
     count = len(jobs) - len(skipped)
