@@ -11,8 +11,11 @@ realistic size mix of :func:`infmae.data.synthetic.generate_dataset` (64x64 up t
   depends on the other load, ``files_per_cpu_s * cores`` is the idle-machine rate);
 - ``near_dup``: the near-duplicate index (multi-index hashing) and union-find on the scanned hashes,
   median of several runs, microseconds per image;
-- ``near_dup_synthetic``: the same stage on random 64-bit hashes with planted near-duplicates at
-  sizes up to 300k (and beyond), to show that time per image does not grow with the collection
+- ``near_dup_stage_synthetic_store``: the whole stage (``decide``: read the scan store, exact
+  duplicates, index, 256-bit check, union-find, anchors) on a scan store of N synthetic rows with
+  planted exact and near-duplicates, at sizes up to 1M, without decoding N images first;
+- ``near_dup_index_synthetic_hashes``: the index alone (``near_duplicate_labels``) on random 64-bit
+  hashes with planted near-duplicates, to show how time per image grows with the collection
   (no all-pairs comparison).
 
 Results go to ``bench/results/bench_curate_<device>_<date>.{json,csv}``.
@@ -108,6 +111,66 @@ def bench_collection(root: Path, out: Path, n: int, workers: int, hamming: int) 
     return rows
 
 
+def _hex64(values: np.ndarray) -> list[str]:
+    return [f"{int(v):016x}" for v in values.tolist()]
+
+
+def _flip_bits(rng: np.random.Generator, rows: int, words: int, max_bits: int) -> np.ndarray:
+    """``[rows, words]`` uint64 masks with 1..max_bits random bits set in total per row."""
+    masks = np.zeros((rows, words), np.uint64)
+    for k in range(rows):
+        for b in rng.choice(64 * words, 1 + k % max_bits, replace=False):
+            masks[k, b // 64] |= np.uint64(1) << np.uint64(int(b % 64))
+    return masks
+
+
+def bench_decide_store(n: int, hamming: int, work: Path, seed: int = 0) -> dict:
+    """The whole near-duplicate stage (:func:`decide`) on a scan store of ``n`` synthetic rows.
+
+    Rows: random 64- and 256-bit pHashes and SHA-256; the last 5% are near-copies of the first 5%
+    (64-bit hash within ``hamming`` bits, 256-bit within the check's limit) and 1% more are exact
+    copies (same SHA-256 and hashes). Checked first: every planted pair ends in one group.
+    """
+    from infmae.curate.manifest import VERIFY_FACTOR, decide
+    from infmae.curate.scan import COLUMNS, open_store
+
+    rng = np.random.default_rng(seed)
+    phash = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
+    phash256 = rng.integers(0, 2**64 - 1, (n, 4), dtype=np.uint64, endpoint=True)
+    sha = [f"{v:064x}" for v in rng.integers(0, 2**63 - 1, n, dtype=np.int64).tolist()]
+    near, exact = n // 20, n // 100
+    phash[n - near:] = phash[:near] ^ _flip_bits(rng, near, 1, hamming)[:, 0]
+    phash256[n - near:] = phash256[:near] ^ _flip_bits(rng, near, 4, VERIFY_FACTOR * hamming)
+    copies = slice(n - near - exact, n - near)
+    phash[copies], phash256[copies] = phash[near:near + exact], phash256[near:near + exact]
+    sha[copies] = sha[near:near + exact]
+    hex256 = ["".join(f"{int(w):016x}" for w in row) for row in phash256.tolist()]
+    if work.exists():
+        shutil.rmtree(work)
+    connection = open_store(work)
+    base = {"size": 100_000, "mtime_ns": 1, "format": "PNG", "width": 640, "height": 512, "bits": 16,
+            "channels": 1, "entropy": 6.4, "error": None}
+    rows = (
+        tuple({**base, "path": f"seq{i // 1000:04d}/frame{i:07d}.png", "sha256": sha[i], "phash": ph,
+               "phash256": hex256[i]}[c] for c in COLUMNS)
+        for i, ph in enumerate(_hex64(phash))
+    )
+    connection.executemany(f"INSERT INTO files ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", rows)
+    connection.commit()
+    decisions = decide(connection, hamming=hamming)
+    group = decisions.group
+    planted = [(i, n - near + i) for i in range(near)] + [(near + k, n - near - exact + k) for k in range(exact)]
+    missed = sum(1 for a, b in planted if not group[a] or group[a] != group[b])
+    assert missed == 0, f"decide missed {missed} of {len(planted)} planted pairs"
+    seconds = _median_seconds(lambda: decide(connection, hamming=hamming), reps=3 if n <= 300_000 else 1)
+    connection.close()
+    shutil.rmtree(work)
+    row = {"stage": "near_dup_stage_synthetic_store", "images": n, "workers": 1, "seconds": round(seconds, 4),
+           "files_per_s": round(n / seconds, 1), "us_per_image": round(1e6 * seconds / n, 2)}
+    logger.info("%s", row)
+    return row
+
+
 def bench_index(n: int, hamming: int, seed: int = 0) -> dict:
     """The near-duplicate index alone on ``n`` random hashes, 5% of them planted near-copies."""
     from infmae.curate.index import chunk_layout, near_duplicate_labels
@@ -142,6 +205,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000])
     parser.add_argument("--index-sizes", type=int, nargs="+", default=[10000, 50000, 300000, 1000000])
+    parser.add_argument("--store-sizes", type=int, nargs="+", default=[10000, 50000, 300000, 1000000])
     parser.add_argument("--data", type=Path, default=Path("/tmp/curate_bench"))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--hamming", type=int, default=6)
@@ -156,6 +220,8 @@ def main() -> None:
         return
     for n in opts.sizes:
         rows += bench_collection(opts.data / f"n{n}", opts.data / f"out{n}", n, opts.workers, opts.hamming)
+    for n in opts.store_sizes:
+        rows.append(bench_decide_store(n, opts.hamming, opts.data / f"store{n}"))
     for n in opts.index_sizes:
         rows.append(bench_index(n, opts.hamming))
     env = environment(torch.device("cpu"))

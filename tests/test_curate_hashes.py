@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from infmae.curate.hashes import eight_bit_view, entropy_bits, phash64, pixel_sha256, popcount64
-from infmae.curate.index import chunk_layout, near_duplicate_labels, near_pairs
+from infmae.curate.index import MAX_KEY_BITS, Chunk, chunk_layout, chunk_radii, near_duplicate_labels, near_pairs
 from infmae.data.mapping import to_unit_float
 from infmae.data.synthetic import make_scene, to_counts16
 
@@ -84,25 +84,57 @@ def test_phash_properties():
     assert pixel_sha256(scene.copy()) == pixel_sha256(scene)
 
 
-def test_popcount_matches_python():
+@pytest.mark.parametrize("hardware", [True, False], ids=["bitwise_count", "swar"])
+def test_popcount_matches_python(hardware, monkeypatch):
+    if not hardware and hasattr(np, "bitwise_count"):
+        monkeypatch.delattr(np, "bitwise_count")  # the numpy 1.x path
     rng = np.random.default_rng(1)
     values = rng.integers(0, 2**64 - 1, 1000, dtype=np.uint64, endpoint=True)
     assert popcount64(values).tolist() == [int(v).bit_count() for v in values.tolist()]
 
 
-@pytest.mark.parametrize("threshold", [0, 1, 3, 6, 10])
-def test_near_pairs_equal_brute_force(threshold):
-    rng = np.random.default_rng(threshold)
-    hashes = rng.integers(0, 2**64 - 1, 1500, dtype=np.uint64, endpoint=True)
-    for k in range(300):  # plant neighbours at every distance up to 12
+def _planted_hashes(seed: int, n: int = 1500) -> np.ndarray:
+    """``n`` random hashes, 300 of them planted neighbours at every distance 0..12 (distinct values)."""
+    rng = np.random.default_rng(seed)
+    hashes = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
+    for k in range(300):
         flips = rng.choice(64, k % 13, replace=False)
-        hashes[1500 - 1 - k] = hashes[k] ^ np.uint64(sum(1 << int(b) for b in flips))
-    distinct = np.unique(hashes)
-    got = {tuple(p) for p in near_pairs(distinct, threshold).tolist()}
+        hashes[n - 1 - k] = hashes[k] ^ np.uint64(sum(1 << int(b) for b in flips))
+    return np.unique(hashes)
+
+
+def _brute_force_pairs(distinct: np.ndarray, threshold: int) -> set:
     distance = popcount64(distinct[:, None] ^ distinct[None, :])
     rows, cols = np.nonzero(np.triu(distance <= threshold, 1))
-    assert got == set(zip(rows.tolist(), cols.tolist()))
+    return set(zip(rows.tolist(), cols.tolist()))
+
+
+@pytest.mark.parametrize("threshold", [0, 1, 3, 6, 10])
+def test_near_pairs_equal_brute_force(threshold):
+    distinct = _planted_hashes(threshold)
+    got = near_pairs(distinct, threshold)
+    assert got.tolist() == sorted(map(list, _brute_force_pairs(distinct, threshold)))  # once each, sorted
     assert threshold == 0 or len(got) > 0
+
+
+def _even_layout(chunks: int, threshold: int, key_bits: int | None = None) -> list[Chunk]:
+    widths = [64 // chunks + (1 if k < 64 % chunks else 0) for k in range(chunks)]
+    radii = chunk_radii(chunks, threshold)
+    return [Chunk(sum(widths[:k]), w, r, min(w, key_bits or w)) for k, (w, r) in enumerate(zip(widths, radii))]
+
+
+@pytest.mark.parametrize("chunks,key_bits", [(3, None), (3, 9), (4, None), (4, 5), (7, None), (2, 12)])
+def test_near_pairs_any_layout_equals_brute_force(chunks, key_bits):
+    """Every layout finds exactly the brute-force pairs: radius-2 and -3 chunks, keys shorter than their
+    chunk (fewer look-ups, more candidates), wide 21-bit keys with nearly empty buckets."""
+    threshold = 6
+    distinct = _planted_hashes(7 + chunks)
+    layout = _even_layout(chunks, threshold, key_bits)
+    assert max(c.radius for c in layout) == {2: 3, 3: 2, 4: 1, 7: 0}[chunks]
+    assert near_pairs(distinct, threshold, layout).tolist() == sorted(map(list, _brute_force_pairs(distinct, threshold)))
+    if chunks <= threshold:  # radius 0 everywhere: sum(radius + 1) <= threshold could miss pairs, refused
+        with pytest.raises(ValueError, match="sum\\(radius \\+ 1\\)"):
+            near_pairs(distinct, threshold, [c._replace(radius=0) for c in layout])
 
 
 def test_labels_are_connected_components():
@@ -119,9 +151,13 @@ def test_labels_are_connected_components():
 def test_chunk_layout_covers_64_bits():
     for n, t in itertools.product([10, 10_000, 300_000, 10_000_000], [0, 2, 6, 12]):
         layout = chunk_layout(n, t)
-        assert sum(w for _, w in layout) == 64 and layout[0][0] == 0
-        assert all(s1 == s0 + w0 for (s0, w0), (s1, _) in zip(layout, layout[1:]))
-        assert 1 <= len(layout) <= max(3, t + 1)  # 3 chunks of <= 24 bits when t + 1 chunks would be wider
+        assert sum(c.width for c in layout) == 64 and layout[0].shift == 0
+        assert all(b.shift == a.shift + a.width for a, b in zip(layout, layout[1:]))
+        assert 1 <= len(layout) <= t + 1
+        assert sum(c.radius + 1 for c in layout) > t  # the pigeonhole condition: no pair can be missed
+        assert all(1 <= c.key_bits <= min(c.width, MAX_KEY_BITS) for c in layout)
+    # more hashes -> longer keys (fuller buckets would make candidates dominate)
+    assert max(c.key_bits for c in chunk_layout(1_000_000, 6)) > max(c.key_bits for c in chunk_layout(10_000, 6))
 
 
 def test_index_pairs_are_verified_by_the_256_bit_hash(tmp_path):

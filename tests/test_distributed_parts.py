@@ -74,9 +74,16 @@ def test_a_dcp_folder_is_listed_loaded_and_pruned_in_one_process(tmp_path):
     assert state["step"] == 3 and torch.equal(state["model"]["w"], torch.full((3,), 3.0))
 
 
-def test_bench_train_runs_both_variants(capsys, caplog):
+def test_bench_train_runs_both_variants_on_both_inputs(tmp_path, caplog):
     from bench import bench_train
+    from infmae.data import generate_dataset
 
+    generate_dataset(tmp_path / "images", 6, seed=0, sizes=[(64, 80)], include_bad=False)
     caplog.set_level("INFO", logger="bench_train")
-    assert bench_train.main(["--quick", "--batch-sizes", "2", "--reps", "1", "--no-write"]) == 0
-    assert "engine/reference" in caplog.text and "MFU n/a" in caplog.text
+    argv = ["--quick", "--batch-sizes", "2", "--reps", "1", "--no-write", "--data", str(tmp_path / "images"), "--threads", "1"]
+    assert bench_train.main(argv) == 0
+    lines = [r.getMessage() for r in caplog.records if "img/s" in r.getMessage()]
+    assert len(lines) == 4 and all("MFU n/a" in line for line in lines)
+    for source in ("synthetic", "dali"):
+        assert sum(line.startswith(source) for line in lines) == 2
+        assert any(line.startswith(source) and "engine/reference" in line for line in lines)

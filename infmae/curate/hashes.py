@@ -123,8 +123,11 @@ def hamming(a: int, b: int) -> int:
 
 
 def popcount64(values: np.ndarray) -> np.ndarray:
-    """Per-element number of set bits of a uint64 array (SWAR, no Python loop)."""
-    x = values.astype(np.uint64, copy=True)
+    """Per-element number of set bits of a uint64 array, as int64 (no Python loop)."""
+    values = np.asarray(values, dtype=np.uint64)
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0: one hardware popcount per element
+        return np.bitwise_count(values).astype(np.int64)
+    x = values.copy()  # SWAR for numpy 1.x
     x -= (x >> np.uint64(1)) & np.uint64(0x5555555555555555)
     x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
     x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)

@@ -78,12 +78,34 @@ class CBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = CMlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x_BDHW: torch.Tensor, visible_B1HW: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x_BDHW: torch.Tensor,
+        visible_B1HW: torch.Tensor | None = None,
+        neighbours_BK9: torch.Tensor | None = None,
+        depthwise=None,
+    ) -> torch.Tensor:
+        """Dense: ``x`` [B,D,H',W'] and ``visible``. Sparse (``neighbours`` given): ``x`` is the visible
+        patches' channels-last tiles [B,K,T,T,D] and ``depthwise`` the tile conv (see sparse.py). Both
+        modes go through ``forward`` so that wrappers of the block (activation checkpointing, compile)
+        apply to both."""
+        if neighbours_BK9 is not None:
+            return self._forward_tiles(x_BDHW, neighbours_BK9, depthwise)
         mixed = self.conv1(layer_norm_channels(self.norm1, x_BDHW))
         if visible_B1HW is not None:
             mixed = mixed * visible_B1HW.to(mixed.dtype)
         x_BDHW = x_BDHW + self.conv2(self.attn(mixed))
         return x_BDHW + self.mlp(layer_norm_channels(self.norm2, x_BDHW))
+
+    def _forward_tiles(self, x_BKTTD: torch.Tensor, neighbours_BK9: torch.Tensor, depthwise) -> torch.Tensor:
+        """The same block on visible tiles: the 1x1 convs as matrix products over the channels; the mask
+        multiply is the zero halo of masked neighbours in ``depthwise``."""
+        mixed = F.linear(self.norm1(x_BKTTD), self.conv1.weight.flatten(1), self.conv1.bias)
+        mixed = depthwise(mixed, neighbours_BK9, self.attn.weight, self.attn.bias)
+        x_BKTTD = x_BKTTD + F.linear(mixed, self.conv2.weight.flatten(1), self.conv2.bias)
+        mlp = self.mlp
+        hidden = mlp.act(F.linear(self.norm2(x_BKTTD), mlp.fc1.weight.flatten(1), mlp.fc1.bias))
+        return x_BKTTD + F.linear(hidden, mlp.fc2.weight.flatten(1), mlp.fc2.bias)
 
 
 class Mlp(nn.Module):

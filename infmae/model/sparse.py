@@ -21,9 +21,7 @@ from __future__ import annotations
 import importlib
 
 import torch
-import torch.nn.functional as F
 
-from infmae.model.layers import CBlock
 from infmae.model.patchify import PATCH
 from kernels import reference
 from kernels.reference import MaskOutputs
@@ -55,17 +53,6 @@ def _as_tiles(x_NdTT: torch.Tensor, B: int, K: int) -> torch.Tensor:
     return x_NdTT.permute(0, 2, 3, 1).reshape(B, K, T, T, d)
 
 
-def cblock_tiles(block: CBlock, x_BKTTd: torch.Tensor, neighbours_BK9: torch.Tensor, depthwise) -> torch.Tensor:
-    """CBlock.forward on the visible tiles: the 1x1 convs as matrix products over the channels; the mask
-    multiply is the zero halo of masked neighbours in ``depthwise``."""
-    mixed = F.linear(block.norm1(x_BKTTd), block.conv1.weight.flatten(1), block.conv1.bias)
-    mixed = depthwise(mixed, neighbours_BK9, block.attn.weight, block.attn.bias)
-    x_BKTTd = x_BKTTd + F.linear(mixed, block.conv2.weight.flatten(1), block.conv2.bias)
-    mlp = block.mlp
-    hidden = mlp.act(F.linear(block.norm2(x_BKTTd), mlp.fc1.weight.flatten(1), mlp.fc1.bias))
-    return x_BKTTd + F.linear(hidden, mlp.fc2.weight.flatten(1), mlp.fc2.bias)
-
-
 def sparse_encoder(model, imgs_BCHW: torch.Tensor, masking: MaskOutputs) -> torch.Tensor:
     """The latent [B,K,D] of ``model.forward_encoder`` (an ``InfMAE``), from the visible patches only.
 
@@ -74,7 +61,8 @@ def sparse_encoder(model, imgs_BCHW: torch.Tensor, masking: MaskOutputs) -> torc
     the dense path on less data, and module calls, so that hooks on them (FSDP2's unshard / reshard, per
     module compile) run as in the dense path: each conv stage starts with ``patch_embedN`` and ends with
     ``stageN_output_decode``, as the dense path does. The CBlocks run as per-pixel matrix products plus
-    ``depthwise_conv5x5_tiles`` on channels-last tiles (``cblock_tiles``).
+    ``depthwise_conv5x5_tiles`` on channels-last tiles (``CBlock`` in tile mode, called as a module so
+    that per-block activation checkpointing and compile apply as in the dense path).
     """
     B, C, H, W = imgs_BCHW.shape
     h, w = H // PATCH, W // PATCH
@@ -88,13 +76,13 @@ def sparse_encoder(model, imgs_BCHW: torch.Tensor, masking: MaskOutputs) -> torc
     patches = _gather_rows(patches, ids_keep).reshape(B * K, C, PATCH, PATCH)
     x = _as_tiles(model.patch_embed1(patches), B, K)
     for block in model.blocks1:
-        x = cblock_tiles(block, x, neighbours, depthwise)
+        x = block(x, neighbours_BK9=neighbours, depthwise=depthwise)
     skip1 = model.stage1_output_decode(_as_images(x)).reshape(B, K, -1)  # [B,K,D]
 
     # stage 2: tiles [B,K,2,2,d2]
     x = _as_tiles(model.patch_embed2(_as_images(x)), B, K)
     for block in model.blocks2:
-        x = cblock_tiles(block, x, neighbours, depthwise)
+        x = block(x, neighbours_BK9=neighbours, depthwise=depthwise)
     skip2 = model.stage2_output_decode(_as_images(x)).reshape(B, K, -1)  # [B,K,D]
 
     # stage 3: one token per visible patch, [B,K,D]
