@@ -143,6 +143,35 @@ def test_bad_files_are_reported_skipped_and_substituted_like_the_reference(synth
         decode_file(root / "cam_b/day2/corrupt_body16.tif")
 
 
+def test_a_file_only_the_gpu_decoder_rejects_is_found_by_a_gpu_probe(synthetic, monkeypatch):
+    """nvJPEG rejects some files that the CPU decoder reads: when the CPU probe finds no culprit in a
+    failed batch of a GPU loader, each suspect is probed with the GPU ('mixed') decoder. The GPU decode is
+    simulated here (no GPU): the fake fails one file for a device id and delegates everything else."""
+    from infmae.data import dali as dali_module
+
+    root, _ = synthetic
+    dataset = ImageFolderDataset(root, img_size=(32, 32), in_chans=3, seed=0)
+    loader = DaliLoader(dataset, batch_size=4, seed=1, num_threads=1)
+    good = [i for i in range(len(dataset)) if str(dataset.path(i)).endswith(".jpg")][:3]
+    assert len(good) == 3
+    victim = str(dataset.path(good[1]))
+    probed = []
+
+    def fake_decode(path, rgb=False, device_id=None):
+        probed.append((str(path), device_id))
+        if device_id is not None and str(path) == victim:
+            raise ImageReadError(path, "DALI cannot decode it (nvJPEG: unsupported marker)")
+        return decode_file(path, rgb=rgb)
+
+    monkeypatch.setattr(dali_module, "decode_file", fake_decode)
+    assert loader._find_undecodable(good) == []  # CPU loader: the CPU probe is the pipeline's own decoder
+    assert {d for _, d in probed} == {None}
+    monkeypatch.setattr(loader, "device_id", 0)  # as if the loader decoded on GPU 0
+    probed.clear()
+    assert loader._find_undecodable(good) == [(victim, "DALI cannot decode it (nvJPEG: unsupported marker) on the GPU decoder")]
+    assert [d for _, d in probed] == [None] * 3 + [0] * 3  # CPU first, then the GPU decoder
+
+
 def test_pretrain_with_dali_ends_with_the_skipped_count(tmp_path, caplog):
     out = tmp_path / "run"
     with caplog.at_level(logging.INFO):

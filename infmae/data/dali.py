@@ -30,7 +30,8 @@ broadcast to 3, or colour averaged to 1, as the reference does), bicubic antiali
 [0, 1], flip + normalise + HWC->CHW (``fn.crop_mirror_normalize``), float32 or float16 out.
 
 A file that fails to decode makes DALI fail the whole batch and invalidates the pipeline: the loader
-then finds the culprit(s) among that batch's files (one-file CPU decodes), records them as unreadable,
+then finds the culprit(s) among that batch's files (one-file CPU decodes, then one-file GPU decodes
+when only the GPU decoder fails), records them as unreadable,
 builds a new pipeline from the same step and goes on; the substitution is the reference rule, so the
 batch equals what the reference loader gives with the same bad files.
 """
@@ -107,9 +108,11 @@ def batch_ranges(mode: str, low: float, high: float):
     return compute
 
 
-def decode_file(path: str | os.PathLike, rgb: bool = False) -> np.ndarray:
-    """Decode one file with DALI on the CPU exactly as the files source does: ``[H, W, 1 or 3]`` uint16
-    (8-bit files as ``x * 257``). For tests and for finding the file that failed a batch.
+def decode_file(path: str | os.PathLike, rgb: bool = False, device_id: int | None = None) -> np.ndarray:
+    """Decode one file with DALI exactly as the files source does: ``[H, W, 1 or 3]`` uint16 (8-bit files
+    as ``x * 257``). ``device_id=None``: the CPU decoder; a GPU id: the ``mixed`` decoder (nvJPEG on that
+    GPU), which can fail on files the CPU decoder reads. For tests and for finding the file that failed
+    a batch.
 
     Raises:
         ImageReadError: DALI cannot decode it (the first error line of DALI's message as the reason).
@@ -120,10 +123,10 @@ def decode_file(path: str | os.PathLike, rgb: bool = False) -> np.ndarray:
 
     data = np.fromfile(path, dtype=np.uint8)
 
-    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    @pipeline_def(batch_size=1, num_threads=1, device_id=device_id)
     def probe():
         encoded = fn.external_source(source=lambda: [data], batch=True)
-        return fn.decoders.image(encoded, device="cpu", dtype=types.UINT16,
+        return fn.decoders.image(encoded, device="cpu" if device_id is None else "mixed", dtype=types.UINT16,
                                  output_type=types.RGB if rgb else types.GRAY)
 
     try:
@@ -137,7 +140,7 @@ def decode_file(path: str | os.PathLike, rgb: bool = False) -> np.ndarray:
         if detail.startswith(("Failed to decode", "Error in")):
             detail = "corrupt or truncated pixel data"
         raise ImageReadError(path, f"DALI cannot decode it ({detail[:200]})") from None
-    return np.array(out[0])
+    return np.array(out[0] if device_id is None else out.as_cpu()[0])
 
 
 @dataclass
@@ -377,17 +380,29 @@ class DaliLoader(ReferenceLoader):
 
     # ------------------------------------------------------------------------------------------
     def _find_undecodable(self, positions: Sequence[int]) -> list[tuple[str, str]]:
-        """Decode each file on the CPU, one at a time, as the pipeline would; ``(path, reason)`` of failures."""
-        bad = []
-        for position in positions:
-            path = str(self.dataset.path(position))
-            try:
-                if self.packed is not None:
-                    self.packed.read(self.dataset.pack_ids[position])
-                else:
-                    decode_file(path, rgb=self.decode_rgb)
-            except Exception as exc:  # noqa: BLE001 - any decoder failure marks the file
-                bad.append((path, getattr(exc, "reason", None) or str(exc)))
+        """Decode each file one at a time, as the pipeline would; ``(path, reason)`` of failures.
+
+        First with the CPU decoder (cheap; finds truncated and corrupt files). When the loader decodes
+        on a GPU and the CPU decoder reads every suspect, the failure is the GPU decoder's own (nvJPEG
+        rejects some files libjpeg reads), so the suspects are probed again with the ``mixed`` decoder.
+        """
+        def probe(device_id: int | None) -> list[tuple[str, str]]:
+            bad = []
+            for position in positions:
+                path = str(self.dataset.path(position))
+                try:
+                    if self.packed is not None:
+                        self.packed.read(self.dataset.pack_ids[position])
+                    else:
+                        decode_file(path, rgb=self.decode_rgb, device_id=device_id)
+                except Exception as exc:  # noqa: BLE001 - any decoder failure marks the file
+                    reason = getattr(exc, "reason", None) or str(exc)
+                    bad.append((path, reason if device_id is None else f"{reason} on the GPU decoder"))
+            return bad
+
+        bad = probe(None)
+        if not bad and self.packed is None and self.device_id is not None:
+            bad = probe(self.device_id)
         return bad
 
     def iter_epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
