@@ -1,4 +1,7 @@
-"""Logging for library code: rank 0 at INFO to the console and to RUN/train.log; other ranks WARNING."""
+"""Logging for library code: rank 0 at INFO to the console and to RUN/train.log; other ranks ERROR only,
+tagged with their rank. Every rank scans the same data and steps in lock-step, so their warnings would
+repeat rank 0's line for line; what only one rank sees (a bad file in its shard) is gathered into rank 0's
+``skipped_files.tsv`` and end-of-run summary."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +13,7 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def setup_logging(run_dir: str | Path | None = None, rank: int = 0) -> None:
     root = logging.getLogger()
-    level = logging.INFO if rank == 0 else logging.WARNING
+    level = logging.INFO if rank == 0 else logging.ERROR
     root.setLevel(level)
     for handler in list(root.handlers):
         if getattr(handler, "_infmae", False):
@@ -21,6 +24,6 @@ def setup_logging(run_dir: str | Path | None = None, rank: int = 0) -> None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(Path(run_dir) / "train.log"))
     for handler in handlers:
-        handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
+        handler.setFormatter(logging.Formatter(FORMAT if rank == 0 else f"[rank {rank}] {FORMAT}", datefmt="%H:%M:%S"))
         handler._infmae = True  # type: ignore[attr-defined]
         root.addHandler(handler)

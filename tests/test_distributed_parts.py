@@ -87,3 +87,26 @@ def test_bench_train_runs_both_variants_on_both_inputs(tmp_path, caplog):
     for source in ("synthetic", "dali"):
         assert sum(line.startswith(source) for line in lines) == 2
         assert any(line.startswith(source) and "engine/reference" in line for line in lines)
+
+
+def test_other_ranks_log_errors_only_and_tagged(capsys):
+    import logging
+
+    from infmae.logging_utils import setup_logging
+
+    root = logging.getLogger()
+    level = root.level
+    try:
+        setup_logging(rank=1)
+        logging.getLogger("infmae.data.folder").warning("dropping tiny.png: too_small")  # rank 0 says it too
+        logging.getLogger("infmae.training.trainer").error("non-finite loss")
+        err = capsys.readouterr().err
+        assert "too_small" not in err and "[rank 1]" in err and "non-finite loss" in err
+        setup_logging(rank=0)
+        logging.getLogger("infmae.data.folder").warning("dropping tiny.png: too_small")
+        err = capsys.readouterr().err
+        assert "too_small" in err and "[rank" not in err
+    finally:
+        for handler in [h for h in root.handlers if getattr(h, "_infmae", False)]:
+            root.removeHandler(handler)
+        root.setLevel(level)

@@ -50,6 +50,7 @@ from .batch import Batch
 from .folder import ImageFolderDataset
 from .loader import ReferenceLoader
 from .mapping import image_ranges_torch
+from .prefetch import ThreadPrefetcher
 from .transforms import channel_vector
 
 logger = logging.getLogger(__name__)
@@ -415,7 +416,9 @@ class DaliLoader(ReferenceLoader):
         self.dataset.set_epoch(epoch)
         step = start_step
         while step < steps:
-            prepared = (self._prepare(b, epoch) for b in batches[step:])
+            # host-side preparation runs ahead in a thread, off the training loop's thread
+            prepared = ThreadPrefetcher((self._prepare(b, epoch) for b in batches[step:]),
+                                        depth=self.prefetch + 1, name="dali-prepare")
             pipe = self._build(prepared)
             try:
                 while step < steps:
@@ -428,6 +431,7 @@ class DaliLoader(ReferenceLoader):
                     step += 1
                     yield batch
             except RuntimeError as exc:
+                prepared.close()  # batches prepared ahead are stale once files are marked unreadable
                 if "decod" not in str(exc).lower():
                     raise
                 # the failing batch is the oldest one DALI took in and has not delivered
@@ -438,4 +442,5 @@ class DaliLoader(ReferenceLoader):
                 for path, reason in bad:
                     self._mark_unreadable(path, reason)
             finally:
+                prepared.close()
                 del pipe

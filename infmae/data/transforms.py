@@ -11,6 +11,7 @@ parameters and reproduce the sample, and :func:`sample_seed` is the one per-samp
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -66,6 +67,14 @@ def _check_range(op: str, name: str, value: Sequence[float]) -> tuple[float, flo
     return float(value[0]), float(value[1])
 
 
+@functools.lru_cache(maxsize=16)
+def _log_ratio(ratio: tuple[float, float]) -> tuple[float, float]:
+    """torchvision's float32 ``torch.log(torch.tensor(ratio))`` as Python floats, once per ratio (the crop
+    draw is on every sample's path in the DALI loader's host thread)."""
+    log_ratio = torch.log(torch.tensor(ratio))
+    return log_ratio[0].item(), log_ratio[1].item()
+
+
 def sample_crop(
     height: int,
     width: int,
@@ -95,12 +104,10 @@ def sample_crop(
     scale = _check_range("sample_crop", "scale", scale)
     ratio = _check_range("sample_crop", "ratio", ratio)
     area = height * width
-    log_ratio = torch.log(torch.tensor(ratio))
+    log_lo, log_hi = _log_ratio(ratio)
     for _ in range(10):
         target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
-        aspect_ratio = torch.exp(
-            torch.empty(1).uniform_(log_ratio[0].item(), log_ratio[1].item(), generator=generator)
-        ).item()
+        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_lo, log_hi, generator=generator)).item()
         w = int(round(math.sqrt(target_area * aspect_ratio)))
         h = int(round(math.sqrt(target_area / aspect_ratio)))
         if 0 < w <= width and 0 < h <= height:
