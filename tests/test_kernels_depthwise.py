@@ -4,7 +4,6 @@ backward, poisoned outputs, determinism, the launch rule, bad inputs.
 
 On CPU the kernel runs under the Triton interpreter (tests/conftest.py), whose cost is per program and per
 operation: the grids here are a few dozen tiles."""
-import os
 import re
 
 import pytest
@@ -13,10 +12,11 @@ import torch.nn.functional as F
 
 from kernels import depthwise
 from kernels import reference as ref
+from tests.device import KERNEL_DEVICE as DEVICE, cpu_dispatch_only
 from tests.neighbour_configs import all_neighbour_configurations
 from tests.tolerances import TOLERANCES
 
-DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+pytestmark = pytest.mark.kernel_device  # tensors on the GPU when one runs the suite there
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -205,12 +205,12 @@ def test_mixed_dtypes_as_under_autocast(generator):
         _close(leaf.grad, g, torch.bfloat16)
 
 
+@cpu_dispatch_only
 def test_launch_rule_without_the_interpreter_takes_the_twin(monkeypatch, generator):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     case = ((1, (3, 4), 5, 2, 8), torch.float32, True)
     tiles, table, weight, bias, grad = _inputs(case, generator)
-    if DEVICE == "cpu":
-        assert not depthwise._use_triton(tiles)
+    assert not depthwise._use_triton(tiles)
     poisoned = torch.full_like(tiles, float("nan"))
     out = depthwise.depthwise_conv5x5_tiles_forward(tiles, table, weight, bias, out=poisoned)
     assert_bitwise_equal(out, ref.depthwise_conv5x5_tiles(tiles, table, weight, bias))

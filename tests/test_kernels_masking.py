@@ -9,7 +9,10 @@ import torch
 
 from kernels import masking
 from kernels import reference as ref
+from tests.device import cpu_dispatch_only
 from tests.sm90 import assert_compiles_for_sm90
+
+pytestmark = pytest.mark.kernel_device  # tensors on the GPU when one runs the suite there
 
 # (L, grid_hw): one patch, a 1x7 strip, 64x160 (4x10) and 48x80 (3x5) images, 224 px (14x14), a 64x64
 # grid (1024 px images, L = 4096), and a prime L without a grid.
@@ -186,6 +189,7 @@ def test_fast_sort_patch_is_exact(fast_interpreted_sort, monkeypatch, generator)
     _assert_equal_outputs(masking.sort_stride_mask(scores, 3, "descending", (4, 10)), patched)
 
 
+@cpu_dispatch_only
 def test_launch_rule(monkeypatch, generator):
     """CPU + TRITON_INTERPRET=1 -> the Triton kernel; CPU without it -> the eager twin."""
     scores = _scores("ties", 2, 40, generator)
@@ -220,7 +224,8 @@ def test_torch_compile_fullgraph(monkeypatch, generator):
 
     def fn(s):
         m = masking.sort_stride_mask(s * 1.0, 4, "descending", (4, 10))
-        outs = (torch.empty(2, 14, dtype=torch.int64), torch.empty(2, 40, dtype=torch.int64), torch.empty(2, 40))
+        outs = (torch.empty(2, 14, dtype=torch.int64, device=s.device),
+                torch.empty(2, 40, dtype=torch.int64, device=s.device), torch.empty(2, 40, device=s.device))
         m3 = masking.sort_stride_mask(s, 3, "ascending", None, out=outs)
         return m.ids_keep, m.ids_restore, m.mask, m.visible_x4, m.visible_x2, m3.ids_keep, m3.mask
 

@@ -5,18 +5,18 @@ CUDA is there and the interpreter is off, the same tests run on the GPU. Copies 
 visible / token gradients) are compared bit for bit; only the mask token's gradient, a sum, has a
 tolerance. Outputs handed to the launchers are filled with NaN first, so an unwritten element shows.
 """
-import os
 import re
 
 import pytest
 import torch
 
+from tests.device import KERNEL_DEVICE as DEVICE, cpu_dispatch_only
 from tests.tolerances import TOLERANCES as TABLE
 
 from kernels import reference as ref
 from kernels import tokens
 
-DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+pytestmark = pytest.mark.kernel_device  # tensors on the GPU when one runs the suite there
 
 # (atol, rtol) of the mask token's gradient, the one result that is not a copy: tests/tolerances.py
 TOLERANCES = {dtype: TABLE[("triton_mask_token_grad", dtype)] for dtype in (torch.float32, torch.bfloat16, torch.float16)}
@@ -276,7 +276,7 @@ def test_two_runs_are_bitwise_equal_gradients_included(generator):
 
 
 def test_launch_rule(monkeypatch):
-    cpu = torch.zeros(1)
+    cpu = torch.zeros(1, device="cpu")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert tokens._use_triton(cpu)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -284,6 +284,7 @@ def test_launch_rule(monkeypatch):
     assert not tokens._use_triton(torch.zeros(1, device="meta"))
 
 
+@cpu_dispatch_only
 def test_without_the_interpreter_a_cpu_tensor_takes_the_twin(monkeypatch, launches, generator):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     B, L, K, D = 2, 37, 10, 24
