@@ -181,6 +181,9 @@ class TrainConfig:
     checkpoint_every: int = 1000
     """Save a checkpoint every this many steps (and at the end)."""
     keep_last: int = 3
+    async_checkpoint: bool = False
+    """Write checkpoints in a background thread from a host copy (training stalls only for the copy);
+    ``latest`` still moves only once a checkpoint is complete."""
     visualize_every: int = 1000
     """Write a reconstruction grid every this many steps (and at the end); 0 only at the end."""
     parallel: str = "fsdp"

@@ -1,7 +1,7 @@
 """Two ranks on gloo (CPU), spawned with torch.multiprocessing (no torchrun): the sharded run matches one
 process on the same global batch, parameters stay identical across ranks, gradient accumulation matches
 a larger batch, resume on 2 ranks is bit-exact, and a rank killed during a save leaves ``latest`` on the
-previous, loadable checkpoint."""
+previous, loadable checkpoint (saves written in the calling thread, and in the background)."""
 import json
 import logging
 import os
@@ -170,4 +170,54 @@ def test_resume_on_two_ranks_is_bit_exact_and_survives_a_killed_save(tmp_path, d
     assert not (folder / f".step_{STEPS + 1:08d}.tmp").exists()  # cleaned by the next save
     a = ckpt.load_checkpoint(tmp_path / "whole")["model"]
     b = ckpt.load_checkpoint(tmp_path / "split")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------------------------
+# bar 2 with train.async_checkpoint: DCP writes in the background, on a gloo group of their own
+# ----------------------------------------------------------------------------------------------
+def _job_async_first_half(rank, data, out):
+    Trainer(tiny_config(data, grad_clip=0.5, max_steps=2 * STEPS), out / "whole").fit()
+    # a save after every step: each one is still being written while the next step trains
+    Trainer(tiny_config(data, grad_clip=0.5, max_steps=STEPS, checkpoint_every=1, async_checkpoint=True),
+            out / "async").fit()
+
+
+def _job_dies_in_the_background_write(rank, data, out):
+    if rank == 1:  # rank 1 dies in DCP's writer thread, while its main thread trains on
+        import torch.distributed.checkpoint as dcp
+
+        def die(*args, **kwargs):
+            os._exit(17)
+
+        dcp.FileSystemWriter.write_data = die
+    Trainer(tiny_config(data, grad_clip=0.5, max_steps=2 * STEPS, checkpoint_every=1, async_checkpoint=True),
+            out / "async", resume=True).fit()
+
+
+def _job_async_resume(rank, data, out):
+    Trainer(tiny_config(data, grad_clip=0.5, max_steps=2 * STEPS, checkpoint_every=2, async_checkpoint=True),
+            out / "async", resume=True).fit()
+
+
+def test_async_saves_on_two_ranks_resume_exactly_and_survive_a_killed_write(tmp_path, data):
+    spawn(_job_async_first_half, data, tmp_path)
+    first = ckpt.latest_checkpoint(tmp_path / "async")
+    assert first.name == f"step_{STEPS:08d}" and ckpt.is_distributed_checkpoint(first)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "async")] == [
+        f"step_{s:08d}" for s in range(STEPS - 2, STEPS + 1)]  # keep_last=3 of the saves at every step
+
+    with pytest.raises((mp.ProcessExitedException, mp.ProcessRaisedException)):
+        spawn(_job_dies_in_the_background_write, data, tmp_path)
+    folder = tmp_path / "async" / "checkpoints"
+    assert ckpt.latest_checkpoint(tmp_path / "async") == first
+    assert (folder / "latest").read_text() == first.name
+    assert not (folder / f"step_{STEPS + 1:08d}").exists()  # never published
+    assert ckpt.load_checkpoint(tmp_path / "async")["step"] == STEPS
+
+    spawn(_job_async_resume, data, tmp_path)
+    whole = losses(tmp_path / "whole")
+    assert losses(tmp_path / "async") == whole  # bitwise
+    a = ckpt.load_checkpoint(tmp_path / "whole")["model"]
+    b = ckpt.load_checkpoint(tmp_path / "async")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -111,6 +111,54 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path, monkeypatch):
     assert ckpt.load_checkpoint(tmp_path)["step"] == 4
 
 
+def test_async_checkpoints_equal_sync_ones_and_resume_exactly(tmp_path, clean_data):
+    steps = 4
+    sync, background = tmp_path / "sync", tmp_path / "async"
+    Trainer(tiny_config(clean_data, max_steps=2 * steps, checkpoint_every=2), sync).fit()
+    Trainer(tiny_config(clean_data, max_steps=steps, checkpoint_every=1, async_checkpoint=True), background).fit()
+    Trainer(tiny_config(clean_data, max_steps=2 * steps, checkpoint_every=3, async_checkpoint=True), background,
+            resume=True).fit()
+    assert losses(background) == losses(sync)  # bitwise
+    assert ckpt.latest_checkpoint(background).name == f"step_{2 * steps:08d}.pt"
+    a, b = ckpt.load_checkpoint(sync), ckpt.load_checkpoint(background)
+    assert a["step"] == b["step"] == 2 * steps and a["data"] == b["data"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+
+def test_async_save_copies_the_state_before_returning(tmp_path, monkeypatch):
+    """Training changes the weights in place right after save returns: the file holds the values at the save."""
+    release = __import__("threading").Event()
+    atomic_write = ckpt._atomic_write
+    monkeypatch.setattr(ckpt, "_atomic_write", lambda path, write: (release.wait(), atomic_write(path, write)))
+    weights = torch.arange(6.0)
+    pending = ckpt.save_checkpoint_async(tmp_path, 7, {"model": {"w": weights}, "extra": [torch.ones(2)]})
+    weights.mul_(-1)  # the optimizer step that follows the save
+    assert not pending.done()
+    release.set()
+    path = pending.wait()
+    assert path.name == "step_00000007.pt" and ckpt.latest_checkpoint(tmp_path) == path
+    assert torch.equal(ckpt.load_checkpoint(path)["model"]["w"], torch.arange(6.0))
+
+
+def test_a_failed_async_save_raises_on_wait_and_keeps_the_previous_latest(tmp_path, monkeypatch):
+    first = ckpt.save_checkpoint(tmp_path, 1, {"step": 1})
+
+    def full_disk(obj, handle):
+        handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt.torch, "save", full_disk)
+    pending = ckpt.save_checkpoint_async(tmp_path, 2, {"step": 2})
+    with pytest.raises(RuntimeError, match=r"expected step_00000002.pt to be written, got an error .*No space left"):
+        pending.wait()
+    monkeypatch.undo()
+    assert ckpt.latest_checkpoint(tmp_path) == first
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", first.name]
+
+
 def test_bad_files_are_reported_and_skipped_and_the_run_finishes(tmp_path, dirty_data, caplog):
     run = tmp_path / "run"
     trainer = Trainer(tiny_config(dirty_data, epochs=2, warmup_epochs=0), run)

@@ -12,6 +12,10 @@ complete checkpoint, which is either
   folder (removed by the next save) and ``latest`` on the previous checkpoint.
 
 ``load_checkpoint`` reads either into one plain dict (a DCP folder is consolidated in this process).
+
+Asynchronous saves (``train.async_checkpoint``) copy the state to host memory before returning and write
+it in a background thread while training goes on; the result is the same files, published the same way
+(``latest`` moves only once the checkpoint is complete). ``AsyncSave.wait()`` re-raises a failed write.
 """
 from __future__ import annotations
 
@@ -19,7 +23,10 @@ import logging
 import os
 import re
 import shutil
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -67,6 +74,63 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep_last: int 
     _prune(run_dir, keep_last)
     log.info("saved checkpoint %s", path)
     return path
+
+
+class AsyncSave:
+    """A checkpoint being written in the background. ``wait()`` -> its path once it is complete and
+    published, or the write's error (the previous checkpoint stays ``latest``)."""
+
+    def __init__(self, write: Future, final: Path, publish: Callable[[], None] | None = None):
+        self.final = final
+        self._finished = threading.Event()
+        self._error: BaseException | None = None
+
+        def finish(done: Future) -> None:  # runs in the writer thread
+            try:
+                done.result()
+                if publish is not None:
+                    publish()
+            except BaseException as error:  # noqa: BLE001 - handed to wait()
+                self._error = error
+            finally:
+                self._finished.set()
+
+        write.add_done_callback(finish)
+
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    def wait(self) -> Path:
+        self._finished.wait()
+        if self._error is not None:
+            raise RuntimeError(f"checkpoint: expected {self.final.name} to be written, got an error in the "
+                               f"background save: {self._error!r}; the previous checkpoint is still `latest`; "
+                               "check the disk (space, permissions) and resume") from self._error
+        return self.final
+
+
+def _to_host(obj):
+    """A copy of ``obj`` with every tensor copied to host memory: training may change the originals."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: _to_host(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_host(value) for value in obj)
+    return obj
+
+
+_single_writer: ThreadPoolExecutor | None = None
+
+
+def save_checkpoint_async(run_dir: str | Path, step: int, state: dict, keep_last: int = 3) -> AsyncSave:
+    """``save_checkpoint`` in a background thread, on a host copy of ``state`` made before returning."""
+    global _single_writer
+    if _single_writer is None:
+        _single_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infmae-checkpoint")
+    host_state = _to_host(state)
+    write = _single_writer.submit(save_checkpoint, run_dir, step, host_state, keep_last)
+    return AsyncSave(write, Path(run_dir) / "checkpoints" / f"step_{step:08d}.pt")
 
 
 def _prune(run_dir: str | Path, keep_last: int) -> None:
@@ -178,11 +242,25 @@ def _write_shards(tensors: dict, folder: Path) -> None:
     dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(folder), sync_files=True))
 
 
+def _write_shards_async(tensors: dict, folder: Path, group) -> Future:
+    """Stages ``tensors`` in host memory, then writes them in DCP's writer thread; its collectives run on
+    ``group`` (gloo), apart from the training's process group."""
+    import torch.distributed.checkpoint as dcp
+
+    return dcp.async_save(tensors, storage_writer=dcp.FileSystemWriter(str(folder), sync_files=True),
+                          process_group=group)
+
+
 def save_distributed_checkpoint(run_dir: str | Path, step: int, tensors: dict, extra: dict, rank_state: dict,
-                                keep_last: int = 3) -> Path:
+                                keep_last: int = 3, async_group=None) -> Path | AsyncSave:
     """Collective: every rank passes its (sharded) ``tensors`` and its own ``rank_state``; rank 0's
     ``extra`` is kept. Writes ``.step_N.tmp/``, then rank 0 renames it to ``step_N/`` and moves
-    ``latest``. Returns the final folder on every rank."""
+    ``latest``. Returns the final folder on every rank.
+
+    With ``async_group`` (a gloo process group of the same ranks, used by no one else) the shards are
+    written in the background and an ``AsyncSave`` is returned; rank 0 publishes the folder when its write
+    completes, which DCP completes only after every rank's shards are written (the metadata is written
+    last, from every rank's write results), and the rank files and ``extra`` were written before that."""
     folder = Path(run_dir) / "checkpoints"
     name = f"step_{step:08d}"
     final, tmp = folder / name, folder / f".{name}.tmp"
@@ -195,11 +273,10 @@ def save_distributed_checkpoint(run_dir: str | Path, step: int, tensors: dict, e
         tmp.mkdir()
     _barrier()
     _save_file(tmp / f"rank_{rank:05d}.pt", rank_state)
-    _write_shards(tensors, tmp)  # collective; returns once every rank's shards and the metadata are written
     if rank == 0:
         _save_file(tmp / EXTRA, extra)
-    _barrier()
-    if rank == 0:
+
+    def publish() -> None:
         _fsync_dir(tmp)
         if final.exists():  # the same step saved again (e.g. a resumed run's last step)
             shutil.rmtree(final)
@@ -208,6 +285,13 @@ def save_distributed_checkpoint(run_dir: str | Path, step: int, tensors: dict, e
         _atomic_write(folder / "latest", lambda handle: handle.write(name.encode()))
         _prune(run_dir, keep_last)
         log.info("saved checkpoint %s", final)
+
+    if async_group is not None:
+        return AsyncSave(_write_shards_async(tensors, tmp, async_group), final, publish if rank == 0 else None)
+    _write_shards(tensors, tmp)  # collective; returns once every rank's shards and the metadata are written
+    _barrier()
+    if rank == 0:
+        publish()
     _barrier()
     return final
 

@@ -40,9 +40,9 @@ log = logging.getLogger(__name__)
 PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0}
 
 # train fields that may change between a run and its resumption without changing its results
-RESUME_MAY_CHANGE = {"max_steps", "log_every", "checkpoint_every", "keep_last", "visualize_every", "device",
-                     "parallel", "fsdp_group", "reshard_after_forward", "activation_checkpointing", "compile",
-                     "tensorboard"}
+RESUME_MAY_CHANGE = {"max_steps", "log_every", "checkpoint_every", "keep_last", "async_checkpoint", "visualize_every",
+                     "device", "parallel", "fsdp_group", "reshard_after_forward", "activation_checkpointing",
+                     "compile", "tensorboard"}
 
 
 def pick_device(choice: str) -> torch.device:
@@ -157,6 +157,10 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, tc, self.peak_lr, self.device)
         self.step = 0
         self.last_checkpoint: Path | None = None
+        self.pending_save: ckpt.AsyncSave | None = None
+        # background DCP writes run their collectives on a gloo group of their own: on the training's group
+        # they would interleave with the gradient collectives of the main thread
+        self.checkpoint_group = dist.new_group(backend="gloo") if tc.async_checkpoint and self.distributed else None
         self.skipped: dict[str, str] = dict(self.dataset.dropped)
 
         # 4. saved state
@@ -246,16 +250,44 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
 
     def save(self) -> Path:
-        """Collective under a process group: every rank calls it at the same step."""
+        """Collective under a process group: every rank calls it at the same step. With
+        ``train.async_checkpoint`` the write goes on in the background (``wait_for_save``) and the path it
+        will have is returned."""
         tc = self.config.train
+        self.wait_for_save()  # one save in flight at a time; its error surfaces here
         if not self.distributed:
+            if tc.async_checkpoint:
+                self.pending_save = ckpt.save_checkpoint_async(self.run_dir, self.step, self._state(), tc.keep_last)
+                return self.pending_save.final
             self.last_checkpoint = ckpt.save_checkpoint(self.run_dir, self.step, self._state(), tc.keep_last)
             return self.last_checkpoint
         self.skipped = gather_dict(self.skipped)
         extra = {"step": self.step, "data": self._data_position(), "config": self.config.to_dict(),
                  "skipped": self.skipped, "world_size": self.world_size}
-        self.last_checkpoint = ckpt.save_distributed_checkpoint(
-            self.run_dir, self.step, self._sharded_state(), extra, {"rng": rng_state()}, tc.keep_last)
+        saved = ckpt.save_distributed_checkpoint(self.run_dir, self.step, self._sharded_state(), extra,
+                                                 {"rng": rng_state()}, tc.keep_last, self.checkpoint_group)
+        if isinstance(saved, ckpt.AsyncSave):
+            self.pending_save = saved
+            return saved.final
+        self.last_checkpoint = saved
+        return saved
+
+    def wait_for_save(self) -> Path | None:
+        """Waits for the background save in flight, if any (collective: every rank calls it together) ->
+        the newest complete checkpoint. Raises the write's error."""
+        if self.pending_save is not None:
+            pending, self.pending_save = self.pending_save, None
+            self.last_checkpoint = pending.wait()
+            barrier()  # rank 0 published the folder when its write completed: after this, every rank sees it
+        return self.last_checkpoint
+
+    def _last_good_checkpoint(self) -> Path | None:
+        """Without waiting: the background save if it has completed, else the previous one."""
+        if self.pending_save is not None and self.pending_save.done():
+            try:
+                return self.pending_save.wait()
+            except RuntimeError:
+                return self.last_checkpoint
         return self.last_checkpoint
 
     def _micro_batches(self):
@@ -362,7 +394,7 @@ class Trainer:
                     raise FloatingPointError(
                         f"pretrain: expected a finite loss, got {loss} between steps {last_logged_step + 1} and "
                         f"{self.step}; last batch indices {batch.indices.tolist()}; last good checkpoint "
-                        f"{self.last_checkpoint or 'none'}. Lower train.blr or enable train.grad_clip"
+                        f"{self._last_good_checkpoint() or 'none'}. Lower train.blr or enable train.grad_clip"
                         + (f" (batch indices of rank {self.rank} of {self.world_size})" if self.distributed else ""))
                 step_time = (time.perf_counter() - run_start) / (self.step - start_step)
                 per_device = total_img_per_s / self.world_size
@@ -388,6 +420,7 @@ class Trainer:
                 self.write_reconstructions(images, out)
             if self.step % tc.checkpoint_every == 0 or finished:
                 self.save()
+        self.wait_for_save()
         self.skipped = gather_dict(self.skipped)
         if self.is_main:
             self._report_skipped()
