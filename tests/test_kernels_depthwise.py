@@ -14,6 +14,7 @@ from kernels import depthwise
 from kernels import reference as ref
 from tests.device import KERNEL_DEVICE as DEVICE, cpu_dispatch_only
 from tests.neighbour_configs import all_neighbour_configurations
+from tests.sm90 import assert_compiles_for_sm90
 from tests.tolerances import TOLERANCES
 
 pytestmark = pytest.mark.kernel_device  # tensors on the GPU when one runs the suite there
@@ -279,3 +280,27 @@ def test_twin_rejects_the_same_inputs():
     tiles = torch.randn(1, 3, 4, 4, 8)
     with pytest.raises(ValueError, match=r"^depthwise_conv5x5_tiles: expected neighbours of shape"):
         ref.depthwise_conv5x5_tiles(tiles, torch.zeros(1, 3, 8, dtype=torch.int64), torch.randn(8, 1, 5, 5))
+
+
+# ---------------------------------------------------------------------------------------------
+# the real compiler
+# ---------------------------------------------------------------------------------------------
+COMPILE_SCRIPT = r"""
+from kernels import depthwise
+for T, C in ((4, 256), (2, 384), (4, 24)):  # the model's two stages, and a narrow C
+    block_p, block_c, num_warps = depthwise._config(T, C)
+    sizes = dict(T=T, BLOCK_P=block_p, BLOCK_C=block_c, TAPS=depthwise._TAP_SLOTS)
+    for x, w in (("*fp32", "*fp32"), ("*bf16", "*bf16"), ("*fp16", "*fp16"), ("*bf16", "*fp32")):
+        for has_bias, flip in ((True, False), (False, False), (False, True)):  # forward, input gradient
+            pointers = dict(src_ptr=x, nb_ptr="*i64", w_ptr=w, bias_ptr=w, out_ptr=x)
+            compile_sm90(depthwise._depthwise_tiles_kernel, pointers, dict(sizes, HAS_BIAS=has_bias, FLIP=flip),
+                         num_warps)
+        compile_sm90(depthwise._depthwise_tiles_wgrad_kernel,
+                     dict(x_ptr=x, g_ptr=x, nb_ptr="*i64", partial_ptr="*fp32"), sizes, num_warps)
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_sm90(tmp_path):
+    """Both depthwise kernels compile for an H100 with the real Triton compiler (see tests/sm90.py)."""
+    assert_compiles_for_sm90(COMPILE_SCRIPT, tmp_path)

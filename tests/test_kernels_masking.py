@@ -276,20 +276,11 @@ def test_bad_inputs_raise(name, error, call):
 
 
 COMPILE_SCRIPT = r"""
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from kernels import masking
-kernel = masking._sort_stride_mask_kernel
-assert isinstance(kernel, triton.runtime.JITFunction), "compiled, not interpreted"
 pointers = dict(keep_ptr="*i64", restore_ptr="*i64", mask_ptr="*fp32", x4_ptr="*fp32", x2_ptr="*fp32")
 for block, descending, maps, scores in ((256, True, True, "*fp32"), (4096, False, True, "*bf16"), (1, True, False, "*fp16")):
-    signature = {name: "i32" for name in kernel.arg_names}
-    signature.update(pointers, scores_ptr=scores, BLOCK="constexpr", DESCENDING="constexpr", HAS_MAPS="constexpr")
-    source = ASTSource(fn=kernel, signature=signature,
-                       constexprs={"BLOCK": block, "DESCENDING": descending, "HAS_MAPS": maps})
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": masking._num_warps(block)})
-    assert "st.global" in compiled.asm["ptx"]
+    compile_sm90(masking._sort_stride_mask_kernel, dict(pointers, scores_ptr=scores),
+                 {"BLOCK": block, "DESCENDING": descending, "HAS_MAPS": maps}, num_warps=masking._num_warps(block))
 print("compiled")
 """
 

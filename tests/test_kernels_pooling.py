@@ -177,19 +177,11 @@ def test_bad_inputs_raise(name, error, call):
 
 
 COMPILE_SCRIPT = r"""
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from kernels import pooling
-kernel = pooling._intensity_pool_kernel
-assert isinstance(kernel, triton.runtime.JITFunction), "compiled, not interpreted"
 for dtype in ("*fp32", "*bf16", "*fp16"):
-    signature = {name: "i32" for name in kernel.arg_names}
-    signature.update(img_ptr=dtype, filt_ptr="*fp32", bias_ptr="*fp32", out_ptr="*fp32",
-                     BLOCK_PW="constexpr", PATCH_SIZE="constexpr")
-    source = ASTSource(fn=kernel, signature=signature, constexprs={"BLOCK_PW": 8, "PATCH_SIZE": 16})
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-    assert "ld.global" in compiled.asm["ptx"]
+    compile_sm90(pooling._intensity_pool_kernel,
+                 dict(img_ptr=dtype, filt_ptr="*fp32", bias_ptr="*fp32", out_ptr="*fp32"),
+                 {"BLOCK_PW": 8, "PATCH_SIZE": 16}, expect="ld.global")
 print("compiled")
 """
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.device import KERNEL_DEVICE as DEVICE, cpu_dispatch_only
+from tests.sm90 import assert_compiles_for_sm90
 from tests.tolerances import TOLERANCES as TABLE
 
 from kernels import reference as ref
@@ -411,3 +412,34 @@ def test_check_ids_is_a_guard_the_trainer_can_turn_off(monkeypatch, generator):
     out = tokens.token_restore(visible, mask_token, out_of_range, L)
     assert torch.equal(out[0, 3], visible[0, 0]) and torch.equal(out[0, 1], visible[0, 1])
     assert int((out == mask_token).all(dim=2).sum()) == B * L - (2 * K - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the real compiler
+# ---------------------------------------------------------------------------------------------
+COMPILE_SCRIPT = r"""
+from kernels import tokens
+ids = dict(ids_ptr="*i64")
+for D in (768, 24):
+    block_rows, block_d, num_warps = tokens._config(D)
+    for dtypes in (("*bf16",) * 3, ("*fp32",) * 3, ("*fp16", "*fp32", "*bf16")):
+        rows = dict(BLOCK_ROWS=block_rows, BLOCK_D=block_d)
+        for n in (1, 3):
+            data = {f"{side}{i}_ptr": dtypes[i] for side in ("src", "dst") for i in range(3)}
+            compile_sm90(tokens._gather_rows_kernel, dict(ids, **data), dict(rows, NUM_TENSORS=n), num_warps)
+            for fill in (False, True):  # gather backward; restore forward with the mask token (fp32 or not)
+                pointers = dict(ids, **data, fill_ptr="*fp32" if fill else dtypes[0])
+                compile_sm90(tokens._place_rows_kernel, pointers,
+                             dict(rows, NUM_TENSORS=n, HAS_FILL=fill, BLOCK_K=tokens._BLOCK_K), num_warps)
+        compile_sm90(tokens._restore_backward_kernel,
+                     dict(ids, grad_ptr=dtypes[0], visible_grad_ptr=dtypes[0], partial_ptr="*fp32"),
+                     dict(rows, BLOCK_K=tokens._BLOCK_K), num_warps)
+        compile_sm90(tokens._sum_partials_kernel, dict(partial_ptr="*fp32", out_ptr=dtypes[1]),
+                     dict(BLOCK_P=tokens._BLOCK_PARTIALS, BLOCK_D=min(block_d, 64)))
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_sm90(tmp_path):
+    """Every token kernel compiles for an H100 with the real Triton compiler (see tests/sm90.py)."""
+    assert_compiles_for_sm90(COMPILE_SCRIPT, tmp_path)
