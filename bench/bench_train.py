@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                 timing = time_ms(step, device, warmup=1 if args.quick else 10, reps=reps)
             except torch.OutOfMemoryError:
                 log.warning("%s B=%d: out of memory", variant, batch)
+                model = step = next_images = None  # free this variant's memory before the next one
+                torch.cuda.empty_cache()
                 continue
             img_per_s = batch / (timing["median_ms"] / 1e3)
             tflops = flops * img_per_s / 1e12 if flops else None

@@ -9,7 +9,7 @@
 # Usage: bash bench/gpu_checks.sh        (about 15 minutes on one H100)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
+export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 results=bench/results
 mkdir -p "$results"
 log="$results/gpu_checks_$(date -u +%Y%m%dT%H%M%SZ).log"
@@ -30,14 +30,14 @@ PY
 [ "${PIPESTATUS[0]}" -eq 0 ] || exit 2
 
 step kernel-tests python -m pytest -q -p no:cacheprovider -m kernel_device
-step bench-kernels python bench/bench_kernels.py
-step bench-sparse python bench/bench_sparse.py
+step bench-kernels python -m bench.bench_kernels
+step bench-sparse python -m bench.bench_sparse
 if python -c "import nvidia.dali" 2>/dev/null; then
-    step bench-train python bench/bench_train.py --input synthetic,dali
-    step bench-data python bench/bench_data.py
+    step bench-train python -m bench.bench_train --input synthetic,dali
+    step bench-data python -m bench.bench_data
 else
     echo "DALI is not installed (pip install nvidia-dali-cuda130): bench_train on synthetic input only, no bench_data" | tee -a "$log"
-    step bench-train python bench/bench_train.py --input synthetic
+    step bench-train python -m bench.bench_train --input synthetic
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then

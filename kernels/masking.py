@@ -21,8 +21,9 @@ which is the stable tie-break in both orders. Lanes past L get INT64_MAX and sor
 
 Launch: one program per batch row, BLOCK = next_pow2(L) lanes (L = 1 ... 4096 tested); the sort is a
 bitonic network in registers and shared memory, num_warps = clamp(BLOCK / 128, 4, 32). Rows longer
-than ``MAX_TRITON_L`` = 16384 go to the eager twin (torch.sort on the same device, the same outputs by
-definition): a longer row's sort would need more shared memory than an H100 has (228 KiB). The program
+than ``MAX_TRITON_L`` = 4096 go to the eager twin (torch.sort on the same device, the same outputs by
+definition): compiled for sm_90, BLOCK 4096 fits in 64 registers a thread (32 bytes spilled), while 8192
+and 16384 spill 1.3 and 5.3 KB a thread to local memory (ptxas -v, Triton 3.7.1), unmeasured. The program
 writes all outputs from the sorted lanes: ``ids_keep`` at rank // S, and scatters ``ids_restore``,
 ``mask`` and the 4x4 / 2x2 blocks of the maps to the lane's raster position (every output element is
 written exactly once, since the sort is a permutation). One launch, no second kernel.
@@ -49,7 +50,7 @@ __all__ = ["sort_stride_mask", "MaskOutputs"]
 
 _OP = "sort_stride_mask"
 _SCORE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-MAX_TRITON_L = 16384  # longer rows: the eager twin (see the module docstring)
+MAX_TRITON_L = 4096  # longer rows: the eager twin (see the module docstring)
 
 
 def _use_triton(t: torch.Tensor) -> bool:

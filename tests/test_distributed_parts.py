@@ -41,6 +41,17 @@ def test_log_line_shows_per_device_and_total_rate_and_mfu():
     assert format_line({**record, "world_size": 1, "mfu": 0.42}).endswith("mfu 42.0%")
 
 
+@pytest.mark.parametrize("name,peak", [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0),
+                                       ("NVIDIA H100 NVL", 835.0), ("NVIDIA H200", 989.0),
+                                       ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA L4", None)])
+def test_mfu_peak_follows_the_board(name, peak, monkeypatch):
+    from infmae.training import trainer
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert trainer.peak_tflops(torch.device("cuda", 0)) == peak
+    assert trainer.peak_tflops(torch.device("cpu")) is None
+
+
 def test_parallelize_without_a_mesh_keeps_names_and_results():
     config = ModelConfig(img_size=(32, 32), embed_dims=(16, 24, 32), depths=(1, 1, 2), num_heads=2,
                          decoder_embed_dim=32, decoder_num_heads=2, decoder_depth=1)

@@ -58,6 +58,18 @@ def test_official_score_is_the_averaged_768_channel_conv():
     assert torch.equal(model.masking(imgs).ids_keep, ids_released)
 
 
+@pytest.mark.parametrize("score", ["intensity", "official"])
+def test_mask_is_computed_in_fp32_under_bf16_autocast(score):
+    """The trainer runs the model under bf16 autocast: the score (an einsum in the eager twin) must stay fp32,
+    or near-equal patch scores round together and the sort keeps other patches."""
+    model = small(img_size=(224, 224), score=score)
+    imgs = torch.rand(4, 3, 224, 224)
+    expected = model.masking(imgs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model.masking(imgs)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
 def test_score_modes_differ():
     imgs = torch.rand(2, 3, 64, 64)
     a = small(img_size=(64, 64), score="intensity", order="ascending").masking(imgs).ids_keep

@@ -198,11 +198,14 @@ def test_run_folder_holds_config_metrics_checkpoint_and_pictures(tmp_path, clean
 def test_training_with_triton_kernels_drops_the_per_step_id_check(tmp_path, clean_data, monkeypatch):
     import dataclasses
 
+    import kernels.depthwise
     import kernels.tokens
 
     monkeypatch.setattr(kernels.tokens, "CHECK_IDS", True)
+    monkeypatch.setattr(kernels.depthwise, "CHECK_NEIGHBOURS", True)
     config = tiny_config(clean_data, max_steps=1)
     config.model = dataclasses.replace(config.model, kernels="triton")  # the interpreter runs them here
     trainer = Trainer(config, tmp_path / "run")
     assert trainer.module.ops.name == "triton" and kernels.tokens.CHECK_IDS is False
+    assert kernels.depthwise.CHECK_NEIGHBOURS is False
     assert trainer.fit().steps == 1

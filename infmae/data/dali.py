@@ -41,6 +41,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,16 +98,40 @@ def batch_ranges(mode: str, low: float, high: float):
         xs = [torch.from_dlpack(capsule) for capsule in images]
         if not xs:
             return []
-        # one transfer for the kinds and one (inside image_ranges_torch) for the ranges: no per-sample sync
-        host_kinds = torch.stack([torch.from_dlpack(k) for k in kinds]).cpu().tolist()
-        wide = [i for i, (_, bits) in enumerate(host_kinds) if bits == 16]
-        ranges = [(0.0, 65535.0)] * len(xs)
-        for i, value in zip(wide, image_ranges_torch([xs[i][..., : host_kinds[i][0]] for i in wide], mode, low, high)):
-            ranges[i] = value
-        pairs = torch.tensor([_lo_denominator(lo, hi) for lo, hi in ranges], dtype=torch.float32).to(xs[0].device)
-        return [torch.utils.dlpack.to_dlpack(pair) for pair in pairs.unbind(0)]
+        with _on_dali_stream(xs[0].device):
+            # one transfer for the kinds and one (inside image_ranges_torch) for the ranges: no per-sample sync
+            host_kinds = torch.stack([torch.from_dlpack(k) for k in kinds]).cpu().tolist()
+            wide = [i for i, (_, bits) in enumerate(host_kinds) if bits == 16]
+            ranges = [(0.0, 65535.0)] * len(xs)
+            measured = image_ranges_torch([xs[i][..., : host_kinds[i][0]] for i in wide], mode, low, high)
+            for i, value in zip(wide, measured):
+                ranges[i] = value
+            pairs = torch.tensor([_lo_denominator(lo, hi) for lo, hi in ranges], dtype=torch.float32)
+            pairs = pairs.to(xs[0].device)
+            return [torch.utils.dlpack.to_dlpack(pair) for pair in pairs.unbind(0)]
 
     return compute
+
+
+def _on_dali_stream(device: torch.device):
+    """On a GPU, torch's work inside a DALI python function goes to DALI's stream: ordered with the
+    decoder before it and the operators after it (which read the outputs on that stream), and off the
+    training loop's stream, whose queued steps the syncs here would otherwise wait for."""
+    if device.type != "cuda":
+        return nullcontext()
+    from nvidia.dali.python_function_plugin import current_dali_stream
+
+    return torch.cuda.stream(torch.cuda.ExternalStream(current_dali_stream(), device=device))
+
+
+def _decode_image(encoded, gpu: bool, rgb: bool):
+    """DALI's image decoder as both sources and the probes use it: uint16, gray or RGB (never ANY_DATA).
+    The GPU (nvJPEG) decoder upsamples JPEG chroma the CPU decoder's and Pillow's way ('fancy'), which it
+    does not by default: colour JPEGs would otherwise differ from the reference loader's."""
+    from nvidia.dali import fn, types
+
+    return fn.decoders.image(encoded, device="mixed" if gpu else "cpu", dtype=types.UINT16,
+                             output_type=types.RGB if rgb else types.GRAY, jpeg_fancy_upsampling=True)
 
 
 def decode_file(path: str | os.PathLike, rgb: bool = False, device_id: int | None = None) -> np.ndarray:
@@ -127,8 +152,7 @@ def decode_file(path: str | os.PathLike, rgb: bool = False, device_id: int | Non
     @pipeline_def(batch_size=1, num_threads=1, device_id=device_id)
     def probe():
         encoded = fn.external_source(source=lambda: [data], batch=True)
-        return fn.decoders.image(encoded, device="cpu" if device_id is None else "mixed", dtype=types.UINT16,
-                                 output_type=types.RGB if rgb else types.GRAY)
+        return _decode_image(encoded, device_id is not None, rgb)
 
     try:
         pipe = probe()
@@ -343,8 +367,7 @@ class DaliLoader(ReferenceLoader):
                 high_byte = fn.cast(pairs[:, :, :, -1], dtype=types.UINT16)
                 image = low_byte + high_byte * types.Constant(256, dtype=types.UINT16)
             else:
-                image = fn.decoders.image(payload, device="mixed" if gpu else "cpu", dtype=types.UINT16,
-                                          output_type=types.RGB if self.decode_rgb else types.GRAY)
+                image = _decode_image(payload, gpu, self.decode_rgb)
             if self.stored_ranges:
                 lo_den = feeds["ranges"].gpu() if gpu else feeds["ranges"]
             else:

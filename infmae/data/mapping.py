@@ -150,6 +150,15 @@ def to_unit_float(
     return apply_range(array, float(lo), float(hi))
 
 
+def _histogram_uint16(flat: torch.Tensor, scatter: bool) -> torch.Tensor:
+    """[65536] int64 counts of the values of ``flat`` (int32 in [0, 65535]). ``scatter``: a scatter-add
+    (integer atomics: exact), which unlike CUDA's ``bincount`` reads nothing back to the host."""
+    if scatter:
+        counts = torch.zeros(65536, dtype=torch.int64, device=flat.device)
+        return counts.scatter_add_(0, flat.long(), torch.ones_like(flat, dtype=torch.int64))
+    return torch.bincount(flat, minlength=65536)
+
+
 def image_ranges_torch(
     images: list[torch.Tensor], mode: str = "percentile", low: float = 0.5, high: float = 99.5
 ) -> list[tuple[float, float]]:
@@ -180,7 +189,7 @@ def image_ranges_torch(
                 below = int(np.floor(virtual))
                 positions += [below, min(below + 1, n - 1)]
                 plan.append(virtual - below)
-            cumulative = torch.bincount(flat, minlength=65536).cumsum_(0)
+            cumulative = _histogram_uint16(flat, scatter=flat.is_cuda).cumsum_(0)
             wanted = torch.tensor(positions, device=x.device, dtype=cumulative.dtype)
             parts.append(torch.searchsorted(cumulative, wanted, right=True).to(torch.int32))
         plans.append(plan)

@@ -8,6 +8,7 @@ checkpoint ``{'model': state_dict}`` loads with ``strict=True``.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -26,6 +27,10 @@ from kernels.reference import MaskOutputs, intensity_filter
 ENCODER_PREFIXES = ("patch_embed1.", "patch_embed2.", "patch_embed3.", "patch_embed4.", "blocks1.", "blocks2.",
                     "blocks3.", "norm.", "pos_embed")
 """The encoder for downstream use: its state-dict keys start with one of these."""
+
+
+def _autocast_off(device_type: str):
+    return torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu") else nullcontext()
 
 
 class EncoderOutput(NamedTuple):
@@ -128,7 +133,9 @@ class InfMAE(nn.Module):
         """IAM: score every patch, sort (stable), keep every S-th rank. No randomness."""
         grid = grid_size(imgs_BCHW.shape[2], imgs_BCHW.shape[3], op="InfMAE")
         weight, bias = self.score_filter()
-        with torch.no_grad():  # the mask is a function of the image; it carries no gradient
+        # the mask is a function of the image and carries no gradient; the score is fp32 under the trainer's
+        # bf16 autocast too (else near-equal scores round together and the sort keeps other patches)
+        with torch.no_grad(), _autocast_off(imgs_BCHW.device.type):
             scores_BL = self.ops.intensity_pool(imgs_BCHW.detach(), weight, bias)
             return self.ops.sort_stride_mask(scores_BL, self.config.mask_stride, self.config.order, grid)
 

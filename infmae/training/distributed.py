@@ -55,6 +55,8 @@ def init_distributed(device_type: str = "auto", timeout_s: float = 1800.0) -> Di
     """
     if dist.is_available() and dist.is_initialized():
         info = DistInfo(dist.get_rank(), int(os.environ.get("LOCAL_RANK", dist.get_rank())), dist.get_world_size())
+        if dist.get_backend() == "nccl" and "LOCAL_RANK" in os.environ:
+            torch.cuda.set_device(info.local_rank)  # else every rank of a node would pick cuda:0
     elif launched_by_torchrun():
         info = env_info()
         use_cuda = device_type == "cuda" or (device_type == "auto" and torch.cuda.is_available())

@@ -69,7 +69,9 @@ def apply_fsdp(model: nn.Module, config: TrainConfig, mesh, device: torch.device
     kwargs = dict(mesh=mesh, mp_policy=policy, reshard_after_forward=config.reshard_after_forward)
     units: list[list[nn.Module]] = []
     for stage in (1, 2):
-        group = [getattr(model, f"patch_embed{stage}"), getattr(model, f"blocks{stage}"),
+        # the modules that run forward, not their ModuleList (which never does): FSDP2 hooks a unit's
+        # forward to reshard and to prepare its backward
+        group = [getattr(model, f"patch_embed{stage}"), *getattr(model, f"blocks{stage}"),
                  getattr(model, f"stage{stage}_output_decode")]
         units.append(group)
     vit = list(model.blocks3)

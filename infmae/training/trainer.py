@@ -37,7 +37,9 @@ from infmae.training.visualize import reconstruction_panels, save_grid
 log = logging.getLogger(__name__)
 
 # bf16 dense peak TFLOP/s for MFU; an unknown device reports n/a rather than a guess
-PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0}
+# bf16 dense peaks by device name, the first key found in the name wins: the H100's PCIe and NVL boards run
+# at lower clocks than the SXM one
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "A100": 312.0, "H100": 989.0, "H200": 989.0}
 
 # train fields that may change between a run and its resumption without changing its results
 RESUME_MAY_CHANGE = {"max_steps", "log_every", "checkpoint_every", "keep_last", "async_checkpoint", "visualize_every",
@@ -149,11 +151,14 @@ class Trainer:
         self.parallel = tc.parallel if self.distributed else "none"
         self.model = parallelize(self.module, tc, self.mesh, self.device)
         if self.module.ops.name == "triton":
-            # The ids fed to the token kernels come from sort_stride_mask (tested exactly against its twin);
-            # their debugging guard would cost a host sync in every forward, i.e. on every step.
+            # The ids fed to the token kernels come from sort_stride_mask and the sparse encoder's neighbour
+            # table from tile_neighbours (both tested exactly against their twins); their debugging guards
+            # would cost host syncs in every forward, i.e. on every step.
+            import kernels.depthwise
             import kernels.tokens
 
             kernels.tokens.CHECK_IDS = False
+            kernels.depthwise.CHECK_NEIGHBOURS = False
         self.optimizer = build_optimizer(self.model, tc, self.peak_lr, self.device)
         self.step = 0
         self.last_checkpoint: Path | None = None
@@ -218,7 +223,8 @@ class Trainer:
         if self.distributed:
             raise ValueError(f"pretrain --resume: expected a distributed checkpoint folder for {self.world_size} "
                              f"ranks, got the single-process file {path}; resume it with one process")
-        state = ckpt.load_checkpoint(path, map_location=self.device)
+        # on the CPU: the RNG states must stay CPU tensors; load_state_dict copies the rest to the device
+        state = ckpt.load_checkpoint(path, map_location="cpu")
         self._check_config(state["config"])
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
