@@ -1,5 +1,6 @@
 """`infmae pack`: lossless round trip for every format and bit depth, the cap, atomic output, and the
 reference loader reading a pack exactly as it reads the files."""
+import dataclasses
 import json
 
 import numpy as np
@@ -95,8 +96,39 @@ def test_damaged_shard_is_a_read_error(tmp_path):
     pack_dataset(["a.png"], src, tmp_path / "pack", workers=1)
     shard = tmp_path / "pack" / "shard-00000.bin"
     shard.write_bytes(b"\xff" * shard.stat().st_size)
-    with pytest.raises(ImageReadError, match="damaged packed chunk"):
+    with pytest.raises(ImageReadError, match="damaged pack: CRC-32"):
         PackedReader(tmp_path / "pack").read(0)
+    # without a stored checksum (a pack of another writer), LZ4's own error is the report
+    reader = PackedReader(tmp_path / "pack")
+    reader.entries[0] = dataclasses.replace(reader.entries[0], crc32=None)
+    with pytest.raises(ImageReadError, match="damaged packed chunk"):
+        reader.read(0)
+
+
+def test_a_changed_byte_that_lz4_inflates_is_caught_by_the_checksum(tmp_path):
+    """LZ4 inflates a block with one literal byte changed without an error (the GPU's inflate too): the
+    stored CRC-32 is what tells both loaders the image is not the packed one."""
+    import lz4.block
+
+    from infmae.data.io import ImageReadError
+
+    src = tmp_path / "src"
+    write_image(src / "a.png", np.random.default_rng(0).integers(0, 65536, (64, 64), dtype=np.uint16))
+    pack_dataset(["a.png"], src, tmp_path / "pack", workers=1)
+    entry = PackedReader(tmp_path / "pack").entries[0]
+    shard = tmp_path / "pack" / "shard-00000.bin"
+    data = bytearray(shard.read_bytes())
+    middle = entry.offset + entry.chunk_sizes[0] // 2  # inside the literals of random pixels
+    data[middle] ^= 0x01
+    shard.write_bytes(bytes(data))
+    chunk = bytes(data[entry.offset : entry.offset + entry.chunk_sizes[0]])
+    damaged = lz4.block.decompress(chunk, uncompressed_size=entry.chunk_len)  # no error from LZ4 itself
+    assert len(damaged) == entry.chunk_len
+    reader = PackedReader(tmp_path / "pack")
+    with pytest.raises(ImageReadError, match="damaged pack: CRC-32"):
+        reader.read(0)  # the CPU path (reference loader, DALI in CPU mode)
+    with pytest.raises(ImageReadError, match="damaged pack: CRC-32"):
+        reader.compressed(0)  # the bytes the GPU path hands to DALI's inflate
 
 
 def test_reference_loader_on_a_pack_equals_the_files(tmp_path):
