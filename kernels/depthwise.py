@@ -216,7 +216,8 @@ def _launch(src, neighbours, weight, bias, out, flip: bool) -> None:
 def depthwise_conv5x5_tiles_forward(tiles_BKTTC: torch.Tensor, neighbours_BK9: torch.Tensor, weight_C155: torch.Tensor,
                                     bias_C: torch.Tensor | None = None,
                                     out: torch.Tensor | None = None) -> torch.Tensor:
-    """One launch: the twin's output [B,K,T,T,C] in the tiles' dtype (fp32 accumulation, one rounding)."""
+    """One launch: [B,K,T,T,C] in the tiles' dtype, the fp32 twin's output rounded once (fp32 accumulation);
+    for 16-bit tiles the eager twin, which rounds the weights to the tiles' dtype first, may differ by more."""
     _validate(tiles_BKTTC, neighbours_BK9, weight_C155, bias_C)
     out = _check_out("out", out, tuple(tiles_BKTTC.shape), tiles_BKTTC.dtype, tiles_BKTTC.device)
     _check_neighbour_values(neighbours_BK9, tiles_BKTTC.shape[1])
