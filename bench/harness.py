@@ -13,13 +13,13 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from kernels import host_sync_guards_off
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -60,27 +60,10 @@ def environment(device: torch.device) -> dict:
             "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1", "host": platform.node()}
 
 
-@contextmanager
-def kernel_guards_off():
-    """The kernel launchers' debugging guards (``kernels.tokens.CHECK_IDS``,
-    ``kernels.depthwise.CHECK_NEIGHBOURS``) read their inputs back to the host; the trainer turns them off,
-    so timed code runs without them too (results are checked before timing, with them on)."""
-    saved = []
-    for module, flag in (("kernels.tokens", "CHECK_IDS"), ("kernels.depthwise", "CHECK_NEIGHBOURS")):
-        if module in sys.modules:  # not imported: nothing to turn off
-            saved.append((sys.modules[module], flag, getattr(sys.modules[module], flag)))
-            setattr(sys.modules[module], flag, False)
-    try:
-        yield
-    finally:
-        for module, flag, value in saved:
-            setattr(module, flag, value)
-
-
 def time_ms(fn: Callable[[], object], device: torch.device, warmup: int = 5, reps: int = 30) -> dict:
     """Median (and quartiles) of ``reps`` timed calls after ``warmup`` calls, in milliseconds, with the
-    kernels' debugging guards off."""
-    with kernel_guards_off():
+    kernel launchers' host-sync guards off (``kernels.host_sync_guards_off``)."""
+    with host_sync_guards_off():  # as in training (the results were checked with them on)
         samples = _samples_ms(fn, device, warmup, reps)
     quartiles = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
     return {"median_ms": statistics.median(samples), "p25_ms": quartiles[0], "p75_ms": quartiles[2], "reps": reps}

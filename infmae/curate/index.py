@@ -136,7 +136,7 @@ def _chunk_pairs(hashes: np.ndarray, chunk: Chunk, threshold: int) -> list[np.nd
     sorted_keys, sorted_hashes = keys[order], hashes[order]
     # a direct bucket table over the key space: one array look-up per probe; int32 halves its footprint
     bucket_counts = np.bincount(sorted_keys, minlength=1 << chunk.key_bits).astype(np.int32)
-    bucket_starts = (np.cumsum(bucket_counts, dtype=np.int64) - bucket_counts).astype(np.int64)
+    bucket_starts = np.cumsum(bucket_counts, dtype=np.int64) - bucket_counts  # int64
     found = []
     for mask in _flip_masks(chunk.key_bits, chunk.radius).tolist():
         high_bit = 1 << (mask.bit_length() - 1) if mask else 0

@@ -154,11 +154,9 @@ class Trainer:
             # The ids fed to the token kernels come from sort_stride_mask and the sparse encoder's neighbour
             # table from tile_neighbours (both tested exactly against their twins); their debugging guards
             # would cost host syncs in every forward, i.e. on every step.
-            import kernels.depthwise
-            import kernels.tokens
+            import kernels
 
-            kernels.tokens.CHECK_IDS = False
-            kernels.depthwise.CHECK_NEIGHBOURS = False
+            kernels.disable_host_sync_guards()
         self.optimizer = build_optimizer(self.model, tc, self.peak_lr, self.device)
         self.step = 0
         self.last_checkpoint: Path | None = None
