@@ -1,9 +1,10 @@
 """InfMAE engine. Extras pin the stacks we test on:
 
-  pip install -e ".[cpu,dali,test]"  CPU (tests; Triton kernels under TRITON_INTERPRET=1, DALI in CPU mode)
-  pip install -e ".[gpu]"         CUDA torch 2.13 + Triton 3.7.1
-  pip install -e ".[gpu,dali]"    + NVIDIA DALI for CUDA 13 (never the PyPI packages `nvidia-dali` or `apex`)
+pip install -e ".[cpu,dali,test]"  CPU (tests; Triton kernels under TRITON_INTERPRET=1, DALI in CPU mode)
+pip install -e ".[gpu]"         CUDA torch 2.13 + Triton 3.7.1
+pip install -e ".[gpu,dali]"    + NVIDIA DALI for CUDA 13 (never the PyPI packages `nvidia-dali` or `apex`)
 """
+
 from setuptools import find_packages, setup
 
 setup(

@@ -20,6 +20,7 @@ realistic size mix of :func:`infmae.data.synthetic.generate_dataset` (64x64 up t
 
 Results go to ``bench/results/bench_curate_<device>_<date>.{json,csv}``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,13 +99,32 @@ def bench_collection(root: Path, out: Path, n: int, workers: int, hamming: int) 
     near_dup = _median_seconds(lambda: decide(connection, hamming=hamming), reps=5)
     connection.close()
     rows = [
-        {"stage": "scan", "images": n, "workers": workers, "seconds": round(result.scan.seconds, 3),
-         "files_per_s": round(n / result.scan.seconds, 1), "us_per_image": round(1e6 * result.scan.seconds / n, 1),
-         "cpu_seconds": round(scan_cpu, 2), "files_per_cpu_s": round(n / scan_cpu, 1)},
-        {"stage": "rescan_unchanged", "images": n, "workers": workers, "seconds": round(rescan.scan.seconds, 3),
-         "files_per_s": round(n / rescan.scan.seconds, 1), "us_per_image": round(1e6 * rescan.scan.seconds / n, 1)},
-        {"stage": "near_dup", "images": n, "workers": 1, "seconds": round(near_dup, 4),
-         "files_per_s": round(n / near_dup, 1), "us_per_image": round(1e6 * near_dup / n, 2)},
+        {
+            "stage": "scan",
+            "images": n,
+            "workers": workers,
+            "seconds": round(result.scan.seconds, 3),
+            "files_per_s": round(n / result.scan.seconds, 1),
+            "us_per_image": round(1e6 * result.scan.seconds / n, 1),
+            "cpu_seconds": round(scan_cpu, 2),
+            "files_per_cpu_s": round(n / scan_cpu, 1),
+        },
+        {
+            "stage": "rescan_unchanged",
+            "images": n,
+            "workers": workers,
+            "seconds": round(rescan.scan.seconds, 3),
+            "files_per_s": round(n / rescan.scan.seconds, 1),
+            "us_per_image": round(1e6 * rescan.scan.seconds / n, 1),
+        },
+        {
+            "stage": "near_dup",
+            "images": n,
+            "workers": 1,
+            "seconds": round(near_dup, 4),
+            "files_per_s": round(n / near_dup, 1),
+            "us_per_image": round(1e6 * near_dup / n, 2),
+        },
     ]
     for row in rows:
         logger.info("%s", row)
@@ -139,20 +159,37 @@ def bench_decide_store(n: int, hamming: int, work: Path, seed: int = 0) -> dict:
     phash256 = rng.integers(0, 2**64 - 1, (n, 4), dtype=np.uint64, endpoint=True)
     sha = [f"{v:064x}" for v in rng.integers(0, 2**63 - 1, n, dtype=np.int64).tolist()]
     near, exact = n // 20, n // 100
-    phash[n - near:] = phash[:near] ^ _flip_bits(rng, near, 1, hamming)[:, 0]
-    phash256[n - near:] = phash256[:near] ^ _flip_bits(rng, near, 4, VERIFY_FACTOR * hamming)
+    phash[n - near :] = phash[:near] ^ _flip_bits(rng, near, 1, hamming)[:, 0]
+    phash256[n - near :] = phash256[:near] ^ _flip_bits(rng, near, 4, VERIFY_FACTOR * hamming)
     copies = slice(n - near - exact, n - near)
-    phash[copies], phash256[copies] = phash[near:near + exact], phash256[near:near + exact]
-    sha[copies] = sha[near:near + exact]
+    phash[copies], phash256[copies] = phash[near : near + exact], phash256[near : near + exact]
+    sha[copies] = sha[near : near + exact]
     hex256 = ["".join(f"{int(w):016x}" for w in row) for row in phash256.tolist()]
     if work.exists():
         shutil.rmtree(work)
     connection = open_store(work)
-    base = {"size": 100_000, "mtime_ns": 1, "format": "PNG", "width": 640, "height": 512, "bits": 16,
-            "channels": 1, "entropy": 6.4, "error": None}
+    base = {
+        "size": 100_000,
+        "mtime_ns": 1,
+        "format": "PNG",
+        "width": 640,
+        "height": 512,
+        "bits": 16,
+        "channels": 1,
+        "entropy": 6.4,
+        "error": None,
+    }
     rows = (
-        tuple({**base, "path": f"seq{i // 1000:04d}/frame{i:07d}.png", "sha256": sha[i], "phash": ph,
-               "phash256": hex256[i]}[c] for c in COLUMNS)
+        tuple(
+            {
+                **base,
+                "path": f"seq{i // 1000:04d}/frame{i:07d}.png",
+                "sha256": sha[i],
+                "phash": ph,
+                "phash256": hex256[i],
+            }[c]
+            for c in COLUMNS
+        )
         for i, ph in enumerate(_hex64(phash))
     )
     connection.executemany(f"INSERT INTO files ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", rows)
@@ -165,8 +202,14 @@ def bench_decide_store(n: int, hamming: int, work: Path, seed: int = 0) -> dict:
     seconds = _median_seconds(lambda: decide(connection, hamming=hamming), reps=3 if n <= 300_000 else 1)
     connection.close()
     shutil.rmtree(work)
-    row = {"stage": "near_dup_stage_synthetic_store", "images": n, "workers": 1, "seconds": round(seconds, 4),
-           "files_per_s": round(n / seconds, 1), "us_per_image": round(1e6 * seconds / n, 2)}
+    row = {
+        "stage": "near_dup_stage_synthetic_store",
+        "images": n,
+        "workers": 1,
+        "seconds": round(seconds, 4),
+        "files_per_s": round(n / seconds, 1),
+        "us_per_image": round(1e6 * seconds / n, 2),
+    }
     logger.info("%s", row)
     return row
 
@@ -184,14 +227,20 @@ def bench_index(n: int, hamming: int, seed: int = 0) -> dict:
             if k % hamming == bit_count - 1:
                 for b in rng.choice(64, bit_count, replace=False):
                     flips[k] |= np.uint64(1) << np.uint64(int(b))
-    hashes[n - planted:] = hashes[:planted] ^ flips
+    hashes[n - planted :] = hashes[:planted] ^ flips
     labels = near_duplicate_labels(hashes, hamming)
-    found = int((labels[n - planted:] == labels[:planted]).sum())
+    found = int((labels[n - planted :] == labels[:planted]).sum())
     assert found == planted, f"index missed {planted - found} planted pairs"
     seconds = _median_seconds(lambda: near_duplicate_labels(hashes, hamming), reps=3 if n <= 300_000 else 1)
-    row = {"stage": "near_dup_index_synthetic_hashes", "images": n, "workers": 1, "seconds": round(seconds, 4),
-           "files_per_s": round(n / seconds, 1), "us_per_image": round(1e6 * seconds / n, 2),
-           "chunks": len(chunk_layout(n, hamming))}
+    row = {
+        "stage": "near_dup_index_synthetic_hashes",
+        "images": n,
+        "workers": 1,
+        "seconds": round(seconds, 4),
+        "files_per_s": round(n / seconds, 1),
+        "us_per_image": round(1e6 * seconds / n, 2),
+        "chunks": len(chunk_layout(n, hamming)),
+    }
     logger.info("%s", row)
     return row
 

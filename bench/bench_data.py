@@ -18,6 +18,7 @@ timed over ``--batches`` batches (wall clock; on a GPU the last batch is synchro
 delivers ``[B, C, 224, 224]`` normalised float32 on its device. The pack is written once per data
 folder (its packing rate is reported). Results go to ``bench/results/bench_data_<device>_<date>.{json,csv}``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,12 +66,16 @@ def make_data(root: Path, count: int, wide: int) -> tuple[Path, Path, float | No
 def build(kind: str, data: Path, batch: int, threads: int, img: int, device: torch.device):
     dataset = ImageFolderDataset(data, img_size=(img, img), in_chans=3, seed=0)
     if kind == "reference":
-        return ReferenceLoader(dataset, batch_size=batch, seed=0, num_workers=threads,
-                               pin_memory=device.type == "cuda")
+        return ReferenceLoader(dataset, batch_size=batch, seed=0, num_workers=threads, pin_memory=device.type == "cuda")
     from infmae.data.dali import DaliLoader
 
-    return DaliLoader(dataset, batch_size=batch, seed=0, num_threads=threads,
-                      device_id=(device.index or 0) if device.type == "cuda" else None)
+    return DaliLoader(
+        dataset,
+        batch_size=batch,
+        seed=0,
+        num_threads=threads,
+        device_id=(device.index or 0) if device.type == "cuda" else None,
+    )
 
 
 def first_batch(loader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,8 +105,17 @@ def rate(loader, batches: int, device: torch.device) -> float:
     return batches * loader.batch_size / (time.perf_counter() - start)
 
 
-def run(count: int, wide: int, batch: int, batches: int, threads: int, img: int, data_root: Path,
-        out_dir: Path = RESULTS, smoke: bool = False) -> list[dict]:
+def run(
+    count: int,
+    wide: int,
+    batch: int,
+    batches: int,
+    threads: int,
+    img: int,
+    data_root: Path,
+    out_dir: Path = RESULTS,
+    smoke: bool = False,
+) -> list[dict]:
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     images, pack, pack_rate = make_data(data_root, count, wide)
     try:
@@ -125,18 +139,39 @@ def run(count: int, wide: int, batch: int, batches: int, threads: int, img: int,
             assert indices.tolist() == ref_indices.tolist(), (kind, source)
         diff = (got - ref_images).abs()
         if diff.max() > PARITY_MAX or diff.mean() > PARITY_MEAN:
-            raise AssertionError(f"{kind}/{source}: first batch differs from the reference loader's "
-                                 f"(max {diff.max():.3g}, mean {diff.mean():.3g}); not timing it")
+            raise AssertionError(
+                f"{kind}/{source}: first batch differs from the reference loader's "
+                f"(max {diff.max():.3g}, mean {diff.mean():.3g}); not timing it"
+            )
         images_per_s = rate(loader, batches, device)
-        rows.append({"loader": kind, "source": source, "images_per_s": round(images_per_s, 1),
-                     "batch": batch, "batches": batches, "threads": threads, "img_size": img,
-                     "frames_640x512": count, "frames_6912x1024": wide,
-                     "parity_max": round(float(diff.max()), 5), "parity_mean": round(float(diff.mean()), 6)})
-        logger.info("%-9s %-6s %8.1f images/s (parity max %.3g mean %.3g)", kind, source, images_per_s,
-                    diff.max(), diff.mean())
+        rows.append(
+            {
+                "loader": kind,
+                "source": source,
+                "images_per_s": round(images_per_s, 1),
+                "batch": batch,
+                "batches": batches,
+                "threads": threads,
+                "img_size": img,
+                "frames_640x512": count,
+                "frames_6912x1024": wide,
+                "parity_max": round(float(diff.max()), 5),
+                "parity_mean": round(float(diff.mean()), 6),
+            }
+        )
+        logger.info(
+            "%-9s %-6s %8.1f images/s (parity max %.3g mean %.3g)", kind, source, images_per_s, diff.max(), diff.mean()
+        )
     env = environment(device)
-    env.update({"threads": threads, "cpu_count": os.cpu_count(), "smoke": smoke, "pack_files_per_s": pack_rate,
-                "dali": _dali_version()})
+    env.update(
+        {
+            "threads": threads,
+            "cpu_count": os.cpu_count(),
+            "smoke": smoke,
+            "pack_files_per_s": pack_rate,
+            "dali": _dali_version(),
+        }
+    )
     paths = write_results("bench_data_smoke" if smoke else "bench_data", rows, env, out_dir)
     logger.info("wrote %s", ", ".join(map(str, paths)))
     return rows

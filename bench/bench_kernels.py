@@ -8,14 +8,15 @@ side by side in this run (median of many runs, CUDA events on GPU). Memory-bound
 bytes they must move and the % of the device's peak DRAM bandwidth. Results go to bench/results/.
 A smoke run on the CPU measures the interpreter, not a kernel: its numbers say only that the code runs.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 if "--smoke" in sys.argv:  # must be set before Triton kernels are defined
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -31,7 +32,7 @@ SCORE_TOL = {"atol": 1e-4, "rtol": 1e-5}
 # depthwise tile conv, bf16 tiles: the kernel sums in fp32 and rounds once, so it is compared with the fp32
 # twin (tests/tolerances.py "triton_depthwise_tiles", bf16: half an ulp, 2x margin); the
 # compiled twin, which rounds the weights to bf16 as the eager twin does, is compared with the eager twin
-DEPTHWISE_KERNEL_TOL = {"atol": 1e-4, "rtol": 2 ** -8}
+DEPTHWISE_KERNEL_TOL = {"atol": 1e-4, "rtol": 2**-8}
 DEPTHWISE_TWIN_TOL = {"atol": 5e-2, "rtol": 2e-2}
 
 
@@ -74,48 +75,105 @@ def _ids(B, L, K, device):
 def _tiles(B, L, K, T, C, grid, device):
     """Visible tiles [B,K,T,T,C] bf16, their neighbour table, and the depthwise conv's fp32 weight and bias."""
     table = reference.tile_neighbours(_ids(B, L, K, device), grid)
-    return ((torch.randn(B, K, T, T, C, device=device).to(torch.bfloat16), table,
-             torch.randn(C, 1, 5, 5, device=device), torch.randn(C, device=device)), {})
+    return (
+        (
+            torch.randn(B, K, T, T, C, device=device).to(torch.bfloat16),
+            table,
+            torch.randn(C, 1, 5, 5, device=device),
+            torch.randn(C, device=device),
+        ),
+        {},
+    )
 
 
 def build_cases(smoke: bool) -> list[Case]:
     # (label, B, C, H, W, D tokens, D decoder)
-    shapes = ([("smoke_C3", 2, 3, 32, 48, 32, 16), ("smoke_C1_L40", 1, 1, 64, 160, 24, 8)] if smoke else
-              [("train_224_C3", 256, 3, 224, 224, 768, 512), ("train_224_C1", 256, 1, 224, 224, 768, 512),
-               ("large_1024_C1", 32, 1, 1024, 1024, 768, 512)])
+    shapes = (
+        [("smoke_C3", 2, 3, 32, 48, 32, 16), ("smoke_C1_L40", 1, 1, 64, 160, 24, 8)]
+        if smoke
+        else [
+            ("train_224_C3", 256, 3, 224, 224, 768, 512),
+            ("train_224_C1", 256, 1, 224, 224, 768, 512),
+            ("large_1024_C1", 32, 1, 1024, 1024, 768, 512),
+        ]
+    )
     cases = []
     for label, B, C, H, W, D, Dd in shapes:
         L, S = (H // 16) * (W // 16), 4
         K = reference.num_visible(L, S)
         grid = (H // 16, W // 16)
         cases += [
-            Case("intensity_pool", label,
-                 lambda d, B=B, C=C, H=H, W=W: ((_images(B, C, H, W, d), reference.intensity_filter(C, device=d), 0.0), {}),
-                 bytes_moved=B * C * H * W * 2 + B * L * 4),
-            Case("sort_stride_mask", label,
-                 lambda d, B=B, L=L, grid=grid: ((torch.randn(B, L, device=d), 4, "descending", grid), {}),
-                 bytes_moved=B * (4 * L + 8 * K + 8 * L + 4 * L + 4 * 20 * L)),  # scores in; ids, mask, maps out
-            Case("masking_path", label,
-                 lambda d, B=B, C=C, H=H, W=W, grid=grid: ((_images(B, C, H, W, d), reference.intensity_filter(C, device=d),
-                                                            0.0, 4, "descending", grid), {}),
-                 bytes_moved=B * C * H * W * 2 + B * (8 * K + 8 * L + 4 * L + 4 * 20 * L)),
-            Case("token_gather", label,
-                 lambda d, B=B, L=L, K=K, D=D: ((torch.randn(B, L, D, device=d).to(torch.bfloat16), _ids(B, L, K, d)), {}),
-                 bytes_moved=2 * B * K * D * 2 + B * K * 8, backward=True),
-            Case("token_gather_many", label,
-                 lambda d, B=B, L=L, K=K, D=D: (([torch.randn(B, L, D, device=d).to(torch.bfloat16) for _ in range(3)],
-                                                 _ids(B, L, K, d)), {}),
-                 bytes_moved=3 * 2 * B * K * D * 2 + B * K * 8, backward=True),
-            Case("token_restore", label,
-                 lambda d, B=B, L=L, K=K, Dd=Dd: ((torch.randn(B, K, Dd, device=d).to(torch.bfloat16),
-                                                   torch.randn(Dd, device=d), _ids(B, L, K, d), L), {}),
-                 bytes_moved=B * K * Dd * 2 + B * L * Dd * 2 + B * K * 8, backward=True),
+            Case(
+                "intensity_pool",
+                label,
+                lambda d, B=B, C=C, H=H, W=W: (
+                    (_images(B, C, H, W, d), reference.intensity_filter(C, device=d), 0.0),
+                    {},
+                ),
+                bytes_moved=B * C * H * W * 2 + B * L * 4,
+            ),
+            Case(
+                "sort_stride_mask",
+                label,
+                lambda d, B=B, L=L, grid=grid: ((torch.randn(B, L, device=d), 4, "descending", grid), {}),
+                bytes_moved=B * (4 * L + 8 * K + 8 * L + 4 * L + 4 * 20 * L),
+            ),  # scores in; ids, mask, maps out
+            Case(
+                "masking_path",
+                label,
+                lambda d, B=B, C=C, H=H, W=W, grid=grid: (
+                    (_images(B, C, H, W, d), reference.intensity_filter(C, device=d), 0.0, 4, "descending", grid),
+                    {},
+                ),
+                bytes_moved=B * C * H * W * 2 + B * (8 * K + 8 * L + 4 * L + 4 * 20 * L),
+            ),
+            Case(
+                "token_gather",
+                label,
+                lambda d, B=B, L=L, K=K, D=D: (
+                    (torch.randn(B, L, D, device=d).to(torch.bfloat16), _ids(B, L, K, d)),
+                    {},
+                ),
+                bytes_moved=2 * B * K * D * 2 + B * K * 8,
+                backward=True,
+            ),
+            Case(
+                "token_gather_many",
+                label,
+                lambda d, B=B, L=L, K=K, D=D: (
+                    ([torch.randn(B, L, D, device=d).to(torch.bfloat16) for _ in range(3)], _ids(B, L, K, d)),
+                    {},
+                ),
+                bytes_moved=3 * 2 * B * K * D * 2 + B * K * 8,
+                backward=True,
+            ),
+            Case(
+                "token_restore",
+                label,
+                lambda d, B=B, L=L, K=K, Dd=Dd: (
+                    (
+                        torch.randn(B, K, Dd, device=d).to(torch.bfloat16),
+                        torch.randn(Dd, device=d),
+                        _ids(B, L, K, d),
+                        L,
+                    ),
+                    {},
+                ),
+                bytes_moved=B * K * Dd * 2 + B * L * Dd * 2 + B * K * 8,
+                backward=True,
+            ),
         ]
         # the sparse encoder's token mixer at stage 1 (4x4 tiles, d1) and stage 2 (2x2 tiles, d2)
         for T, width in ((4, 256 if not smoke else 24), (2, 384 if not smoke else 40)):
-            cases.append(Case("depthwise_conv5x5_tiles", f"{label}_T{T}",
-                              lambda d, B=B, L=L, K=K, T=T, width=width, grid=grid: _tiles(B, L, K, T, width, grid, d),
-                              bytes_moved=2 * B * K * T * T * width * 2 + B * K * 9 * 8, backward=True))
+            cases.append(
+                Case(
+                    "depthwise_conv5x5_tiles",
+                    f"{label}_T{T}",
+                    lambda d, B=B, L=L, K=K, T=T, width=width, grid=grid: _tiles(B, L, K, T, width, grid, d),
+                    bytes_moved=2 * B * K * T * T * width * 2 + B * K * 9 * 8,
+                    backward=True,
+                )
+            )
     return cases
 
 
@@ -156,6 +214,7 @@ def _with_backward(fn: Callable, args: tuple) -> Callable:
 
     def step():
         torch.autograd.backward(_outputs(fn(*leaves)), grads)
+
     return step
 
 
@@ -184,19 +243,31 @@ def run(smoke: bool, compile_twin: bool, out_dir: Path | None = None, reps: int 
             for name, fn in implementations.items():
                 check_against_twin(case.op, name, fn(*args, **kwargs), args, reference_out)
         except AssertionError as error:  # recorded, not timed: a speed of a wrong result means nothing
-            rows.append({"op": case.op, "case": case.label, "pass": "check", "device": device.type,
-                         "error": f"{name} differs from the twin: {error}"[:500]})
+            rows.append(
+                {
+                    "op": case.op,
+                    "case": case.label,
+                    "pass": "check",
+                    "device": device.type,
+                    "error": f"{name} differs from the twin: {error}"[:500],
+                }
+            )
             print(f"{case.op} {case.label}: {name} differs from the twin, not timed: {error}", file=sys.stderr)
             failed.append(f"{case.op}/{case.label}/{name}")
             continue
-        for direction in (("fwd", "fwd+bwd") if case.backward else ("fwd",)):
+        for direction in ("fwd", "fwd+bwd") if case.backward else ("fwd",):
             timings = {}
             for name, fn in implementations.items():
                 call = (lambda fn=fn: fn(*args, **kwargs)) if direction == "fwd" else _with_backward(fn, args)
                 timings[name] = time_ms(call, device, warmup=1 if smoke else 10, reps=reps)["median_ms"]
-            row = {"op": case.op, "case": case.label, "pass": direction, "device": device.type,
-                   **{f"{name}_ms": ms for name, ms in timings.items()},
-                   "speedup_vs_eager": timings["eager"] / timings["triton"]}
+            row = {
+                "op": case.op,
+                "case": case.label,
+                "pass": direction,
+                "device": device.type,
+                **{f"{name}_ms": ms for name, ms in timings.items()},
+                "speedup_vs_eager": timings["eager"] / timings["triton"],
+            }
             if compile_twin:
                 row["speedup_vs_compiled"] = timings["compiled_eager"] / timings["triton"]
             if direction == "fwd":
@@ -204,13 +275,20 @@ def run(smoke: bool, compile_twin: bool, out_dir: Path | None = None, reps: int 
                 row["pct_peak_bandwidth"] = 100 * row["triton_GBps"] / peak if peak else None
             rows.append(row)
             print(" | ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    env = {**environment(device), "smoke": smoke,
-           "note": "CPU smoke run under the Triton interpreter: timings are not kernel speeds" if smoke else ""}
-    paths = write_results("bench_kernels" + ("_smoke" if smoke else ""), rows, env, out_dir or Path(__file__).parent / "results")
+    env = {
+        **environment(device),
+        "smoke": smoke,
+        "note": "CPU smoke run under the Triton interpreter: timings are not kernel speeds" if smoke else "",
+    }
+    paths = write_results(
+        "bench_kernels" + ("_smoke" if smoke else ""), rows, env, out_dir or Path(__file__).parent / "results"
+    )
     print(f"wrote {paths[0]} and {paths[1]}")
     if failed:
-        raise SystemExit(f"bench_kernels: expected every implementation to equal its twin, got differences in "
-                         f"{failed}; the kernels are wrong there (see the 'check' rows)")
+        raise SystemExit(
+            f"bench_kernels: expected every implementation to equal its twin, got differences in "
+            f"{failed}; the kernels are wrong there (see the 'check' rows)"
+        )
     return rows
 
 

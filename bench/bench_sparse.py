@@ -10,6 +10,7 @@ Executed FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` over 
 each model (what actually runs: the sparse encoder skips masked tiles). Results:
 ``bench/results/bench_sparse_<device>_<date>.{json,csv}``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,13 +65,26 @@ def run(quick: bool, batches: list[int], reps: int, out_dir=None) -> list[dict]:
         if abs(losses["sparse"] - losses["dense"]) > rtol * abs(losses["dense"]):
             raise AssertionError(f"B={batch}: sparse loss {losses['sparse']} != dense {losses['dense']}; not timing")
         times = {name: time_ms(step, device, warmup=2, reps=reps)["median_ms"] for name, step in steps.items()}
-        row = {"batch": batch, "img_size": base.img_size[0], "dense_ms": round(times["dense"], 3),
-               "sparse_ms": round(times["sparse"], 3), "speedup": round(times["dense"] / times["sparse"], 3),
-               "dense_gflops": round(flops["dense"] / 1e9, 3), "sparse_gflops": round(flops["sparse"] / 1e9, 3),
-               "flops_ratio": round(flops["sparse"] / flops["dense"], 4), "loss": losses["dense"]}
+        row = {
+            "batch": batch,
+            "img_size": base.img_size[0],
+            "dense_ms": round(times["dense"], 3),
+            "sparse_ms": round(times["sparse"], 3),
+            "speedup": round(times["dense"] / times["sparse"], 3),
+            "dense_gflops": round(flops["dense"] / 1e9, 3),
+            "sparse_gflops": round(flops["sparse"] / 1e9, 3),
+            "flops_ratio": round(flops["sparse"] / flops["dense"], 4),
+            "loss": losses["dense"],
+        }
         rows.append(row)
-        log.info("B=%d dense %.1f ms, sparse %.1f ms (%.2fx); executed FLOPs sparse/dense %.3f", batch,
-                 times["dense"], times["sparse"], row["speedup"], row["flops_ratio"])
+        log.info(
+            "B=%d dense %.1f ms, sparse %.1f ms (%.2fx); executed FLOPs sparse/dense %.3f",
+            batch,
+            times["dense"],
+            times["sparse"],
+            row["speedup"],
+            row["flops_ratio"],
+        )
     env = environment(device)
     env.update({"quick": quick, "reps": reps, "model": "demo" if quick else "paper_base"})
     kwargs = {} if out_dir is None else {"folder": out_dir}

@@ -16,6 +16,7 @@ MFU counts the model's dense-equivalent FLOPs (3x forward per image) against the
 of the trainer (A100 312, H100 989 TFLOP/s; n/a elsewhere). Results: bench/results/bench_train_*.{json,csv}.
 The loader alone (no model) is measured by ``bench/bench_data.py``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,11 +54,18 @@ def dali_images(data: Path, model_config: ModelConfig, batch: int, device: torch
     from infmae.data.dali import DaliLoader
 
     dataset = ImageFolderDataset(data, img_size=model_config.img_size, in_chans=model_config.in_chans, seed=0)
-    loader = DaliLoader(dataset, batch_size=batch, seed=0, num_threads=threads,
-                        device_id=(device.index or 0) if device.type == "cuda" else None)
+    loader = DaliLoader(
+        dataset,
+        batch_size=batch,
+        seed=0,
+        num_threads=threads,
+        device_id=(device.index or 0) if device.type == "cuda" else None,
+    )
     if loader.steps_per_epoch < 1:
-        raise ValueError(f"bench_train: expected at least {batch} images in {data}, got {len(dataset)}; "
-                         "pass a larger --data or smaller --batch-sizes")
+        raise ValueError(
+            f"bench_train: expected at least {batch} images in {data}, got {len(dataset)}; "
+            "pass a larger --data or smaller --batch-sizes"
+        )
 
     def batches():
         epoch = 0
@@ -102,8 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--no-write", action="store_true", help="print only, write no result files")
     parser.add_argument("--input", default="synthetic,dali", help="comma-separated: synthetic, dali")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="images for --input dali (folder, pack or manifest; default: generated and packed)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="images for --input dali (folder, pack or manifest; default: generated and packed)",
+    )
     parser.add_argument("--threads", type=int, default=min(8, os.cpu_count() or 1), help="DALI CPU threads")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -121,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         from infmae.data.dali import dali_available
 
         if not dali_available():
-            log.warning("--input dali: DALI is not installed here (pip install nvidia-dali-cuda130); "
-                        "measuring the synthetic input only")
+            log.warning(
+                "--input dali: DALI is not installed here (pip install nvidia-dali-cuda130); "
+                "measuring the synthetic input only"
+            )
             inputs.remove("dali")
         elif args.data is None:
             from bench.bench_data import make_data
@@ -136,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         for variant in ("reference", "engine"):
             config = _model_config(base, engine=variant == "engine")
             try:
-                next_images = None if source == "synthetic" else dali_images(args.data, config, batch, device, args.threads)
+                next_images = (
+                    None if source == "synthetic" else dali_images(args.data, config, batch, device, args.threads)
+                )
                 model, step = build_step(config, variant == "engine", device, batch, next_images)
                 flops = 3 * model.flops_per_image() if hasattr(model, "flops_per_image") else None
                 timing = time_ms(step, device, warmup=1 if args.quick else 10, reps=reps)
@@ -147,10 +163,18 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             img_per_s = batch / (timing["median_ms"] / 1e3)
             tflops = flops * img_per_s / 1e12 if flops else None
-            row = {"variant": variant, "input": source, "batch": batch, "img_size": "x".join(map(str, config.img_size)),
-                   "kernels": config.kernels, "encoder": getattr(config, "encoder", "dense"),
-                   "img_per_s": img_per_s, "tflops_per_s": tflops,
-                   "mfu": tflops / peak if peak and tflops else None, **timing}
+            row = {
+                "variant": variant,
+                "input": source,
+                "batch": batch,
+                "img_size": "x".join(map(str, config.img_size)),
+                "kernels": config.kernels,
+                "encoder": getattr(config, "encoder", "dense"),
+                "img_per_s": img_per_s,
+                "tflops_per_s": tflops,
+                "mfu": tflops / peak if peak and tflops else None,
+                **timing,
+            }
             if device.type == "cuda":
                 row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 torch.cuda.reset_peak_memory_stats(device)
@@ -164,9 +188,16 @@ def main(argv: list[str] | None = None) -> int:
             row_pair["engine"]["speedup_vs_reference"] = ratio
         for row in row_pair.values():
             mfu = "n/a" if row["mfu"] is None else f"{row['mfu']:.1%}"
-            log.info("%-9s B=%4d %-9s %8.1f img/s  %s TFLOP/s  MFU %s%s", source, batch, row["variant"],
-                     row["img_per_s"], f"{row['tflops_per_s']:.1f}" if row["tflops_per_s"] else "n/a", mfu,
-                     f"  engine/reference {row['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in row else "")
+            log.info(
+                "%-9s B=%4d %-9s %8.1f img/s  %s TFLOP/s  MFU %s%s",
+                source,
+                batch,
+                row["variant"],
+                row["img_per_s"],
+                f"{row['tflops_per_s']:.1f}" if row["tflops_per_s"] else "n/a",
+                mfu,
+                f"  engine/reference {row['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in row else "",
+            )
     if not args.no_write:
         paths = write_results("bench_train", rows, env)
         log.info("wrote %s", ", ".join(map(str, paths)))

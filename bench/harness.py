@@ -4,6 +4,7 @@ peak tables, and results written as JSON + CSV under bench/results/ with device,
 Rules (shared/README.md section 6): check the reference equal before timing it, warm up, report the
 median, and state speed only as ratios measured side by side in one run.
 """
+
 from __future__ import annotations
 
 import csv
@@ -14,8 +15,8 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -24,8 +25,15 @@ from kernels import host_sync_guards_off
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # peak DRAM bandwidth in GB/s, by a substring of torch.cuda.get_device_name(); most specific first
-PEAK_BANDWIDTH_GBPS = [("H200", 4800.0), ("H100 NVL", 3900.0), ("H100 PCIe", 2000.0), ("H100", 3350.0),
-                       ("A100-SXM4-80GB", 2039.0), ("A100 80GB PCIe", 1935.0), ("A100", 1555.0)]
+PEAK_BANDWIDTH_GBPS = [
+    ("H200", 4800.0),
+    ("H100 NVL", 3900.0),
+    ("H100 PCIe", 2000.0),
+    ("H100", 3350.0),
+    ("A100-SXM4-80GB", 2039.0),
+    ("A100 80GB PCIe", 1935.0),
+    ("A100", 1555.0),
+]
 
 
 def device_name(device: torch.device) -> str:
@@ -43,8 +51,13 @@ def peak_bandwidth_gbps(device: torch.device) -> float | None:
 
 def git_sha() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -52,12 +65,20 @@ def git_sha() -> str:
 def environment(device: torch.device) -> dict:
     try:
         import triton
+
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    return {"device": device_name(device), "torch": torch.__version__, "triton": triton_version,
-            "cuda": torch.version.cuda, "git_sha": git_sha(), "date": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1", "host": platform.node()}
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "git_sha": git_sha(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
+        "host": platform.node(),
+    }
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, warmup: int = 5, reps: int = 30) -> dict:

@@ -1,4 +1,5 @@
 """The ``infmae`` command: pretrain, visualize, export, curate, pack."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,13 @@ def _pretrain(args: argparse.Namespace) -> int:
         summary = Trainer(config, output, resume=args.resume).fit()
     finally:
         teardown()
-    log.info("done: %d steps, loss %.4f -> %.4f, checkpoint %s", summary.steps, summary.first_loss or float("nan"),
-             summary.last_loss or float("nan"), summary.checkpoint)
+    log.info(
+        "done: %d steps, loss %.4f -> %.4f, checkpoint %s",
+        summary.steps,
+        summary.first_loss or float("nan"),
+        summary.last_loss or float("nan"),
+        summary.checkpoint,
+    )
     return 0
 
 
@@ -73,8 +79,11 @@ def _visualize(args: argparse.Namespace) -> int:
         out = model(images)
     panels = reconstruction_panels(images, out.pred, out.mask, config.data.mean, config.data.std)
     path = save_grid(panels, args.output, max_rows=len(used))
-    log.info("wrote %s (rows: %s; columns: original | masked | reconstruction | reconstruction + visible)",
-             path, ", ".join(used))
+    log.info(
+        "wrote %s (rows: %s; columns: original | masked | reconstruction | reconstruction + visible)",
+        path,
+        ", ".join(used),
+    )
     return 0
 
 
@@ -90,7 +99,9 @@ def _export(args: argparse.Namespace) -> int:
     encoder = {k: v.detach().cpu().clone() for k, v in encoder_state_dict(state).items()}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": encoder}, args.output)
-    log.info("wrote %s: %d encoder tensors, %d elements", args.output, len(encoder), sum(v.numel() for v in encoder.values()))
+    log.info(
+        "wrote %s: %d encoder tensors, %d elements", args.output, len(encoder), sum(v.numel() for v in encoder.values())
+    )
     return 0
 
 
@@ -124,8 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--min-size", type=int, default=20, help="drop images whose both sides are under it, px (20)")
     c.add_argument("--hamming", type=int, default=6, help="pHash Hamming distance of near-duplicates, 0-24 (6)")
     c.add_argument("--anchor", choices=("largest", "entropy"), default="largest", help="which group member is kept")
-    c.add_argument("--sequence-aware", action="store_true",
-                   help="frames named in order within a folder: keep a new key frame whenever the scene drifts")
+    c.add_argument(
+        "--sequence-aware",
+        action="store_true",
+        help="frames named in order within a folder: keep a new key frame whenever the scene drifts",
+    )
     c.add_argument("--workers", type=int, default=None, help="scan processes (default: every core)")
 
     def _curate(args: argparse.Namespace) -> int:
@@ -143,8 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--shard-mb", type=int, default=1024, help="shard size, MB (1024)")
     k.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
     k.add_argument("--data-root", default=None, help="for a manifest: the folder its paths start from")
-    k.add_argument("--sixteen-bit-mode", default="percentile", choices=SIXTEEN_BIT_MODES,
-                   help="mapping whose ranges are stored; match data.sixteen_bit_mode (percentile)")
+    k.add_argument(
+        "--sixteen-bit-mode",
+        default="percentile",
+        choices=SIXTEEN_BIT_MODES,
+        help="mapping whose ranges are stored; match data.sixteen_bit_mode (percentile)",
+    )
     k.add_argument("--low", type=float, default=0.5, help="low percentile of that mapping (0.5)")
     k.add_argument("--high", type=float, default=99.5, help="high percentile of that mapping (99.5)")
     k.set_defaults(func=_pack)
@@ -166,11 +184,25 @@ def _pack(args: argparse.Namespace) -> int:
         raise ValueError(f"pack: expected an image folder or a manifest .csv, got {src!r}; check the path")
     if not files:
         raise ValueError(f"pack: expected image files in {src}, got none; check the path and extensions")
-    info = pack_dataset(files, root, args.output, max_side=args.max_side, shard_bytes=args.shard_mb << 20,
-                        workers=args.workers, sixteen_bit_mode=args.sixteen_bit_mode, low=args.low,
-                        high=args.high, source=str(src))
-    log.info("packed %d images into %s (%d skipped); train on it with --data %s", info["count"], args.output,
-             len(info["skipped"]), args.output)
+    info = pack_dataset(
+        files,
+        root,
+        args.output,
+        max_side=args.max_side,
+        shard_bytes=args.shard_mb << 20,
+        workers=args.workers,
+        sixteen_bit_mode=args.sixteen_bit_mode,
+        low=args.low,
+        high=args.high,
+        source=str(src),
+    )
+    log.info(
+        "packed %d images into %s (%d skipped); train on it with --data %s",
+        info["count"],
+        args.output,
+        len(info["skipped"]),
+        args.output,
+    )
     return 0
 
 

@@ -4,6 +4,7 @@ and ``key=value`` overrides.
 Every default is visible here. A bad value raises ``ValueError`` naming the field, the value and the
 fix; an unknown key is rejected with the closest valid name.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,32 +71,74 @@ class ModelConfig:
         self.embed_dims = tuple(int(v) for v in self.embed_dims)  # type: ignore[assignment]
         self.depths = tuple(int(v) for v in self.depths)  # type: ignore[assignment]
         h, w = self.img_size if len(self.img_size) == 2 else (0, 0)
-        _require(len(self.img_size) == 2 and h > 0 and w > 0 and h % 16 == 0 and w % 16 == 0,
-                 "model.img_size", self.img_size, "(height, width), both positive multiples of 16",
-                 "e.g. --set model.img_size=224,224 or 96,160")
+        _require(
+            len(self.img_size) == 2 and h > 0 and w > 0 and h % 16 == 0 and w % 16 == 0,
+            "model.img_size",
+            self.img_size,
+            "(height, width), both positive multiples of 16",
+            "e.g. --set model.img_size=224,224 or 96,160",
+        )
         _require(self.in_chans >= 1, "model.in_chans", self.in_chans, "at least 1", "use 3 (released) or 1 (gray)")
-        _require(len(self.embed_dims) == 3 and min(self.embed_dims) > 0, "model.embed_dims", self.embed_dims,
-                 "three positive widths", "e.g. 256,384,768")
-        _require(len(self.depths) == 3 and min(self.depths) >= 0, "model.depths", self.depths,
-                 "three non-negative depths", "e.g. 2,2,11")
-        _require(self.num_heads > 0 and self.embed_dims[2] % self.num_heads == 0, "model.num_heads",
-                 self.num_heads, f"a divisor of embed_dims[2]={self.embed_dims[2]}", "e.g. 12 for width 768")
-        _require(self.decoder_num_heads > 0 and self.decoder_embed_dim % self.decoder_num_heads == 0,
-                 "model.decoder_num_heads", self.decoder_num_heads,
-                 f"a divisor of decoder_embed_dim={self.decoder_embed_dim}", "e.g. 16 for width 512")
-        _require(self.embed_dims[2] % 4 == 0 and self.decoder_embed_dim % 4 == 0, "model.embed_dims[2]",
-                 (self.embed_dims[2], self.decoder_embed_dim), "widths divisible by 4",
-                 "the 2-D sin-cos position embedding needs D % 4 == 0")
+        _require(
+            len(self.embed_dims) == 3 and min(self.embed_dims) > 0,
+            "model.embed_dims",
+            self.embed_dims,
+            "three positive widths",
+            "e.g. 256,384,768",
+        )
+        _require(
+            len(self.depths) == 3 and min(self.depths) >= 0,
+            "model.depths",
+            self.depths,
+            "three non-negative depths",
+            "e.g. 2,2,11",
+        )
+        _require(
+            self.num_heads > 0 and self.embed_dims[2] % self.num_heads == 0,
+            "model.num_heads",
+            self.num_heads,
+            f"a divisor of embed_dims[2]={self.embed_dims[2]}",
+            "e.g. 12 for width 768",
+        )
+        _require(
+            self.decoder_num_heads > 0 and self.decoder_embed_dim % self.decoder_num_heads == 0,
+            "model.decoder_num_heads",
+            self.decoder_num_heads,
+            f"a divisor of decoder_embed_dim={self.decoder_embed_dim}",
+            "e.g. 16 for width 512",
+        )
+        _require(
+            self.embed_dims[2] % 4 == 0 and self.decoder_embed_dim % 4 == 0,
+            "model.embed_dims[2]",
+            (self.embed_dims[2], self.decoder_embed_dim),
+            "widths divisible by 4",
+            "the 2-D sin-cos position embedding needs D % 4 == 0",
+        )
         _require(self.mlp_ratio > 0, "model.mlp_ratio", self.mlp_ratio, "a positive number", "the default is 4")
         _require(self.decoder_depth >= 0, "model.decoder_depth", self.decoder_depth, ">= 0", "the default is 2")
-        _require(isinstance(self.mask_stride, int) and self.mask_stride >= 1, "model.mask_stride",
-                 self.mask_stride, "an integer >= 1", "S=4 keeps 25 % of the patches visible")
+        _require(
+            isinstance(self.mask_stride, int) and self.mask_stride >= 1,
+            "model.mask_stride",
+            self.mask_stride,
+            "an integer >= 1",
+            "S=4 keeps 25 % of the patches visible",
+        )
         _require(self.score in SCORES, "model.score", self.score, f"one of {SCORES}", "'intensity' is the paper's")
         _require(self.order in ORDERS, "model.order", self.order, f"one of {ORDERS}", "'descending' is the paper's")
-        _require(self.kernels in KERNEL_CHOICES, "model.kernels", self.kernels, f"one of {KERNEL_CHOICES}",
-                 "'auto' picks Triton where it can run")
-        _require(self.encoder in ENCODERS, "model.encoder", self.encoder, f"one of {ENCODERS}",
-                 "'sparse' computes the same latent from the visible patches only")
+        _require(
+            self.kernels in KERNEL_CHOICES,
+            "model.kernels",
+            self.kernels,
+            f"one of {KERNEL_CHOICES}",
+            "'auto' picks Triton where it can run",
+        )
+        _require(
+            self.encoder in ENCODERS,
+            "model.encoder",
+            self.encoder,
+            f"one of {ENCODERS}",
+            "'sparse' computes the same latent from the visible patches only",
+        )
 
 
 @dataclass
@@ -133,21 +176,45 @@ class DataConfig:
     def __post_init__(self) -> None:
         self.scale = tuple(float(v) for v in self.scale)  # type: ignore[assignment]
         self.ratio = tuple(float(v) for v in self.ratio)  # type: ignore[assignment]
-        _require(len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1, "data.scale", self.scale,
-                 "(low, high) with 0 < low <= high <= 1", "the released recipe uses 0.2,1.0")
-        _require(len(self.ratio) == 2 and 0 < self.ratio[0] <= self.ratio[1], "data.ratio", self.ratio,
-                 "(low, high) with 0 < low <= high", "the released recipe uses 0.75,1.3333")
+        _require(
+            len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1,
+            "data.scale",
+            self.scale,
+            "(low, high) with 0 < low <= high <= 1",
+            "the released recipe uses 0.2,1.0",
+        )
+        _require(
+            len(self.ratio) == 2 and 0 < self.ratio[0] <= self.ratio[1],
+            "data.ratio",
+            self.ratio,
+            "(low, high) with 0 < low <= high",
+            "the released recipe uses 0.75,1.3333",
+        )
         _require(0 <= self.hflip_prob <= 1, "data.hflip_prob", self.hflip_prob, "a probability in [0, 1]", "0.5")
         _require(self.std > 0, "data.std", self.std, "a positive number", "the released value is 0.2")
-        _require(self.sixteen_bit_mode in SIXTEEN_BIT_MODES, "data.sixteen_bit_mode", self.sixteen_bit_mode,
-                 f"one of {SIXTEEN_BIT_MODES}", "'percentile' keeps the structure of raw thermal counts")
-        _require(0 <= self.low_percentile < self.high_percentile <= 100, "data.low_percentile",
-                 (self.low_percentile, self.high_percentile), "0 <= low_percentile < high_percentile <= 100",
-                 "e.g. 0.5 and 99.5")
+        _require(
+            self.sixteen_bit_mode in SIXTEEN_BIT_MODES,
+            "data.sixteen_bit_mode",
+            self.sixteen_bit_mode,
+            f"one of {SIXTEEN_BIT_MODES}",
+            "'percentile' keeps the structure of raw thermal counts",
+        )
+        _require(
+            0 <= self.low_percentile < self.high_percentile <= 100,
+            "data.low_percentile",
+            (self.low_percentile, self.high_percentile),
+            "0 <= low_percentile < high_percentile <= 100",
+            "e.g. 0.5 and 99.5",
+        )
         _require(self.min_size >= 1, "data.min_size", self.min_size, "at least 1 pixel", "the default is 20")
         _require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0", "0 loads in-process")
-        _require(self.loader in ("reference", "dali"), "data.loader", self.loader, "'reference' or 'dali'",
-                 "'dali' needs pip install nvidia-dali-cuda130")
+        _require(
+            self.loader in ("reference", "dali"),
+            "data.loader",
+            self.loader,
+            "'reference' or 'dali'",
+            "'dali' needs pip install nvidia-dali-cuda130",
+        )
         _require(self.dali_threads >= 1, "data.dali_threads", self.dali_threads, ">= 1", "e.g. 4")
         _require(self.synthetic_count >= 1, "data.synthetic_count", self.synthetic_count, ">= 1", "e.g. 512")
 
@@ -205,27 +272,57 @@ class TrainConfig:
         self.betas = tuple(float(v) for v in self.betas)  # type: ignore[assignment]
         for name in ("batch_size", "accum_steps", "log_every", "checkpoint_every", "keep_last"):
             value = getattr(self, name)
-            _require(isinstance(value, int) and value >= 1, f"train.{name}", value, "an integer >= 1",
-                     "set a positive whole number")
+            _require(
+                isinstance(value, int) and value >= 1,
+                f"train.{name}",
+                value,
+                "an integer >= 1",
+                "set a positive whole number",
+            )
         _require(self.epochs > 0, "train.epochs", self.epochs, "a positive number", "e.g. 400")
-        _require(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", self.warmup_epochs,
-                 f"between 0 and train.epochs={self.epochs}", "e.g. 40 of 400")
+        _require(
+            0 <= self.warmup_epochs <= self.epochs,
+            "train.warmup_epochs",
+            self.warmup_epochs,
+            f"between 0 and train.epochs={self.epochs}",
+            "e.g. 40 of 400",
+        )
         _require(self.max_steps >= 0, "train.max_steps", self.max_steps, ">= 0", "0 runs every epoch")
         _require(self.blr > 0, "train.blr", self.blr, "a positive learning rate", "1.5e-4 (paper) or 1e-3 (released)")
         _require(0 <= self.min_lr, "train.min_lr", self.min_lr, ">= 0", "the default is 0")
         _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0", "the default is 0.05")
-        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas", self.betas,
-                 "two numbers in [0, 1)", "the default is 0.9,0.95")
+        _require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "train.betas",
+            self.betas,
+            "two numbers in [0, 1)",
+            "the default is 0.9,0.95",
+        )
         _require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, ">= 0", "0 disables clipping")
         _require(self.device in DEVICES, "train.device", self.device, f"one of {DEVICES}", "'auto' picks CUDA if there")
         _require(self.precision in PRECISIONS, "train.precision", self.precision, f"one of {PRECISIONS}", "bf16")
         _require(self.visualize_every >= 0, "train.visualize_every", self.visualize_every, ">= 0", "0: at the end")
-        _require(self.parallel in PARALLEL_MODES, "train.parallel", self.parallel, f"one of {PARALLEL_MODES}",
-                 "'fsdp' shards parameters, gradients and optimizer state; 'ddp' replicates them")
-        _require(isinstance(self.fsdp_group, int) and self.fsdp_group >= 1, "train.fsdp_group", self.fsdp_group,
-                 "an integer >= 1", "e.g. 2 ViT blocks per FSDP unit")
-        _require(self.optimizer in OPTIMIZERS, "train.optimizer", self.optimizer, f"one of {OPTIMIZERS}",
-                 "'adamw' needs nothing beyond torch")
+        _require(
+            self.parallel in PARALLEL_MODES,
+            "train.parallel",
+            self.parallel,
+            f"one of {PARALLEL_MODES}",
+            "'fsdp' shards parameters, gradients and optimizer state; 'ddp' replicates them",
+        )
+        _require(
+            isinstance(self.fsdp_group, int) and self.fsdp_group >= 1,
+            "train.fsdp_group",
+            self.fsdp_group,
+            "an integer >= 1",
+            "e.g. 2 ViT blocks per FSDP unit",
+        )
+        _require(
+            self.optimizer in OPTIMIZERS,
+            "train.optimizer",
+            self.optimizer,
+            f"one of {OPTIMIZERS}",
+            "'adamw' needs nothing beyond torch",
+        )
 
 
 @dataclass
@@ -242,13 +339,19 @@ class Config:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Config":
+    def from_dict(cls, data: dict) -> Config:
         unknown = set(data) - {"model", "data", "train", "preset"}
         if unknown:
-            raise ValueError(f"config: expected sections model, data, train, got {sorted(unknown)}; "
-                             "was this file written by another program?")
-        return cls(model=ModelConfig(**data.get("model", {})), data=DataConfig(**data.get("data", {})),
-                   train=TrainConfig(**data.get("train", {})), preset=data.get("preset", "custom"))
+            raise ValueError(
+                f"config: expected sections model, data, train, got {sorted(unknown)}; "
+                "was this file written by another program?"
+            )
+        return cls(
+            model=ModelConfig(**data.get("model", {})),
+            data=DataConfig(**data.get("data", {})),
+            train=TrainConfig(**data.get("train", {})),
+            preset=data.get("preset", "custom"),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,24 +360,45 @@ class Config:
 def _demo() -> Config:
     # Small enough to train to a visibly lower loss on a 2-core CPU in a few minutes.
     return Config(
-        model=ModelConfig(img_size=(96, 96), embed_dims=(32, 48, 96), depths=(1, 1, 2), num_heads=4,
-                          decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4),
+        model=ModelConfig(
+            img_size=(96, 96),
+            embed_dims=(32, 48, 96),
+            depths=(1, 1, 2),
+            num_heads=4,
+            decoder_embed_dim=64,
+            decoder_depth=1,
+            decoder_num_heads=4,
+        ),
         data=DataConfig(synthetic_count=256, num_workers=2),
-        train=TrainConfig(batch_size=32, epochs=40, warmup_epochs=2, blr=1e-2, log_every=10,
-                          checkpoint_every=100, visualize_every=0, keep_last=2),
+        train=TrainConfig(
+            batch_size=32,
+            epochs=40,
+            warmup_epochs=2,
+            blr=1e-2,
+            log_every=10,
+            checkpoint_every=100,
+            visualize_every=0,
+            keep_last=2,
+        ),
         preset="demo",
     )
 
 
 def _paper_base() -> Config:
-    return Config(model=ModelConfig(score="intensity", order="descending"),
-                  train=TrainConfig(batch_size=256, blr=1.5e-4), preset="paper_base")
+    return Config(
+        model=ModelConfig(score="intensity", order="descending"),
+        train=TrainConfig(batch_size=256, blr=1.5e-4),
+        preset="paper_base",
+    )
 
 
 def _official_base() -> Config:
     # The released scripts: 64 images per GPU on 4 GPUs, blr 1e-3, the frozen random score conv, ascending.
-    return Config(model=ModelConfig(score="official", order="ascending"),
-                  train=TrainConfig(batch_size=256, blr=1e-3), preset="official_base")
+    return Config(
+        model=ModelConfig(score="official", order="ascending"),
+        train=TrainConfig(batch_size=256, blr=1e-3),
+        preset="official_base",
+    )
 
 
 PRESETS = {"demo": _demo, "paper_base": _paper_base, "official_base": _official_base}
@@ -315,8 +439,11 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
     """Apply ``section.field=value`` strings (e.g. ``train.blr=1e-3``), re-validating every section."""
-    sections = {"model": dataclasses.asdict(config.model), "data": dataclasses.asdict(config.data),
-                "train": dataclasses.asdict(config.train)}
+    sections = {
+        "model": dataclasses.asdict(config.model),
+        "data": dataclasses.asdict(config.data),
+        "train": dataclasses.asdict(config.train),
+    }
     valid = [f"{s}.{k}" for s, d in sections.items() for k in d]
     for item in overrides:
         if "=" not in item:
@@ -331,5 +458,9 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
             raise ValueError(f"config: expected a known key, got {key!r}; {hint}")
         section, name = key.split(".")
         sections[section][name] = _parse_value(text, sections[section][name], key)
-    return Config(model=ModelConfig(**sections["model"]), data=DataConfig(**sections["data"]),
-                  train=TrainConfig(**sections["train"]), preset=config.preset)
+    return Config(
+        model=ModelConfig(**sections["model"]),
+        data=DataConfig(**sections["data"]),
+        train=TrainConfig(**sections["train"]),
+        preset=config.preset,
+    )

@@ -2,6 +2,7 @@
 tagged with their rank. Every rank scans the same data and steps in lock-step, so their warnings would
 repeat rank 0's line for line; what only one rank sees (a bad file in its shard) is gathered into rank 0's
 ``skipped_files.tsv`` and end-of-run summary."""
+
 from __future__ import annotations
 
 import logging

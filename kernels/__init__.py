@@ -2,6 +2,7 @@
 
 Depends on torch (and Triton for the fast paths) only, never on ``infmae``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -28,8 +29,11 @@ def disable_host_sync_guards() -> None:
 def host_sync_guards_off():
     """Every guard off inside the block (timed code), restored after; a kernel module not imported yet
     has nothing to turn off (and is not imported for it)."""
-    saved = [(sys.modules[module], flag, getattr(sys.modules[module], flag))
-             for module, flag in _HOST_SYNC_GUARDS.items() if module in sys.modules]
+    saved = [
+        (sys.modules[module], flag, getattr(sys.modules[module], flag))
+        for module, flag in _HOST_SYNC_GUARDS.items()
+        if module in sys.modules
+    ]
     for module, flag, _ in saved:
         setattr(module, flag, False)
     try:

@@ -1,4 +1,5 @@
 """The launch rule shared by every Triton op: which path runs for a given tensor."""
+
 from __future__ import annotations
 
 import os

@@ -30,6 +30,7 @@ Design notes:
   (``_to_dtype_rtne`` of kernels/tokens.py).
 - Written for torch 2.11-2.13 and Triton 3.6-3.7: no block pointers, no tensor descriptors.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,8 +41,12 @@ from kernels import reference
 from kernels._launch import use_triton
 from kernels.tokens import _to_dtype_rtne
 
-__all__ = ["CHECK_NEIGHBOURS", "depthwise_conv5x5_tiles", "depthwise_conv5x5_tiles_forward",
-           "depthwise_conv5x5_tiles_backward"]
+__all__ = [
+    "CHECK_NEIGHBOURS",
+    "depthwise_conv5x5_tiles",
+    "depthwise_conv5x5_tiles_forward",
+    "depthwise_conv5x5_tiles_backward",
+]
 
 OP = "depthwise_conv5x5_tiles"
 CHECK_NEIGHBOURS = True
@@ -74,8 +79,23 @@ def _config(T: int, C: int) -> tuple[int, int, int]:
 # Triton kernels
 # ---------------------------------------------------------------------------------------------
 @triton.jit
-def _gather_window(src_ptr, s_b, s_k, s_y, s_x, s_c, neighbour_row, s_slot, batch, pixel_ok, cols, col_ok,
-                   T: tl.constexpr, BLOCK_P: tl.constexpr, TAPS: tl.constexpr):
+def _gather_window(
+    src_ptr,
+    s_b,
+    s_k,
+    s_y,
+    s_x,
+    s_c,
+    neighbour_row,
+    s_slot,
+    batch,
+    pixel_ok,
+    cols,
+    col_ok,
+    T: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    TAPS: tl.constexpr,
+):
     """For every pixel p of a tile and tap (dy, dx) = (t // 5, t % 5): src at pixel (p + (dy, dx) - 2),
     read from the neighbourhood tile it falls in (zero for a -1 neighbour): [BLOCK_P, TAPS, BLOCK_C] fp32.
     All 25 taps in one tensor: one gather per program (the interpreter's cost is per operation)."""
@@ -89,21 +109,44 @@ def _gather_window(src_ptr, s_b, s_k, s_y, s_x, s_c, neighbour_row, s_slot, batc
     neighbour = tl.load(neighbour_row + (ny * 3 + nx) * s_slot, mask=ok, other=-1)  # [P, TAPS] int64
     ok = ok & (neighbour >= 0)
     base = src_ptr + batch * s_b + neighbour * s_k + (yy - ny * T) * s_y + (xx - nx * T) * s_x
-    values = tl.load(base[:, :, None] + cols[None, None, :] * s_c, mask=ok[:, :, None] & col_ok[None, None, :],
-                     other=0.0)
+    values = tl.load(
+        base[:, :, None] + cols[None, None, :] * s_c, mask=ok[:, :, None] & col_ok[None, None, :], other=0.0
+    )
     return values.to(tl.float32)
 
 
 @triton.jit
 def _depthwise_tiles_kernel(
-    src_ptr, s_b, s_k, s_y, s_x, s_c,
-    nb_ptr, nb_b, nb_k, nb_s,
-    w_ptr, w_c, w_y, w_x,
-    bias_ptr, bias_s,
-    out_ptr, o_b, o_k, o_y, o_x, o_c,
-    K, C,
-    T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, TAPS: tl.constexpr,
-    HAS_BIAS: tl.constexpr, FLIP: tl.constexpr,
+    src_ptr,
+    s_b,
+    s_k,
+    s_y,
+    s_x,
+    s_c,
+    nb_ptr,
+    nb_b,
+    nb_k,
+    nb_s,
+    w_ptr,
+    w_c,
+    w_y,
+    w_x,
+    bias_ptr,
+    bias_s,
+    out_ptr,
+    o_b,
+    o_k,
+    o_y,
+    o_x,
+    o_c,
+    K,
+    C,
+    T: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    TAPS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    FLIP: tl.constexpr,
 ):
     """out[b,k,p,c] = sum_taps w[c, tap] * src[pixel p + tap - 2 of the neighbourhood] (+ bias[c]).
     FLIP: the weight read as w[c, 4-dy, 4-dx] (the input gradient). Grid (B*K, cdiv(C, BLOCK_C))."""
@@ -114,30 +157,68 @@ def _depthwise_tiles_kernel(
     col_ok = cols < C
     pixels = tl.arange(0, BLOCK_P)
     pixel_ok = pixels < T * T
-    values = _gather_window(src_ptr, s_b, s_k, s_y, s_x, s_c, nb_ptr + batch * nb_b + k * nb_k, nb_s, batch,
-                            pixel_ok, cols, col_ok, T, BLOCK_P, TAPS)
+    values = _gather_window(
+        src_ptr,
+        s_b,
+        s_k,
+        s_y,
+        s_x,
+        s_c,
+        nb_ptr + batch * nb_b + k * nb_k,
+        nb_s,
+        batch,
+        pixel_ok,
+        cols,
+        col_ok,
+        T,
+        BLOCK_P,
+        TAPS,
+    )
     taps = tl.arange(0, TAPS)
     if FLIP:
         taps = 24 - taps  # w[4 - dy, 4 - dx]
     w_mask = (tl.arange(0, TAPS) < 25)[:, None] & col_ok[None, :]
-    w = tl.load(w_ptr + cols[None, :] * w_c + (taps // 5)[:, None] * w_y + (taps % 5)[:, None] * w_x, mask=w_mask,
-                other=0.0).to(tl.float32)  # [TAPS, BLOCK_C]
+    w = tl.load(
+        w_ptr + cols[None, :] * w_c + (taps // 5)[:, None] * w_y + (taps % 5)[:, None] * w_x, mask=w_mask, other=0.0
+    ).to(tl.float32)  # [TAPS, BLOCK_C]
     acc = tl.sum(values * w[None, :, :], axis=1)  # [BLOCK_P, BLOCK_C]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols * bias_s, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     dst = out_ptr + batch * o_b + k * o_k + (pixels // T) * o_y + (pixels % T) * o_x
-    tl.store(dst[:, None] + cols[None, :] * o_c, _to_dtype_rtne(acc, out_ptr.dtype.element_ty),
-             mask=pixel_ok[:, None] & col_ok[None, :])
+    tl.store(
+        dst[:, None] + cols[None, :] * o_c,
+        _to_dtype_rtne(acc, out_ptr.dtype.element_ty),
+        mask=pixel_ok[:, None] & col_ok[None, :],
+    )
 
 
 @triton.jit
 def _depthwise_tiles_wgrad_kernel(
-    x_ptr, x_b, x_k, x_y, x_x, x_c,
-    g_ptr, g_b, g_k, g_y, g_x, g_c,
-    nb_ptr, nb_b, nb_k, nb_s,
+    x_ptr,
+    x_b,
+    x_k,
+    x_y,
+    x_x,
+    x_c,
+    g_ptr,
+    g_b,
+    g_k,
+    g_y,
+    g_x,
+    g_c,
+    nb_ptr,
+    nb_b,
+    nb_k,
+    nb_s,
     partial_ptr,
-    num_tiles, K, C, tiles_per_program,
-    T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, TAPS: tl.constexpr,
+    num_tiles,
+    K,
+    C,
+    tiles_per_program,
+    T: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    TAPS: tl.constexpr,
 ):
     """partial[p, tap, c] = sum over the program's chunk of tiles and their pixels of grad * x[pixel + tap - 2],
     partial[p, 25, c] = the sum of grad (the bias). Tiles in a fixed order.
@@ -154,10 +235,26 @@ def _depthwise_tiles_wgrad_kernel(
         batch = tile // K
         k = tile % K
         grad_src = g_ptr + batch * g_b + k * g_k + (pixels // T) * g_y + (pixels % T) * g_x
-        grad = tl.load(grad_src[:, None] + cols[None, :] * g_c, mask=pixel_ok[:, None] & col_ok[None, :],
-                       other=0.0).to(tl.float32)  # [BLOCK_P, BLOCK_C]
-        values = _gather_window(x_ptr, x_b, x_k, x_y, x_x, x_c, nb_ptr + batch * nb_b + k * nb_k, nb_s, batch,
-                                pixel_ok, cols, col_ok, T, BLOCK_P, TAPS)
+        grad = tl.load(grad_src[:, None] + cols[None, :] * g_c, mask=pixel_ok[:, None] & col_ok[None, :], other=0.0).to(
+            tl.float32
+        )  # [BLOCK_P, BLOCK_C]
+        values = _gather_window(
+            x_ptr,
+            x_b,
+            x_k,
+            x_y,
+            x_x,
+            x_c,
+            nb_ptr + batch * nb_b + k * nb_k,
+            nb_s,
+            batch,
+            pixel_ok,
+            cols,
+            col_ok,
+            T,
+            BLOCK_P,
+            TAPS,
+        )
         acc += tl.sum(grad[:, None, :] * values, axis=0)
         acc_bias += tl.sum(grad, axis=0)
     taps = tl.arange(0, TAPS)
@@ -177,15 +274,22 @@ def _check_neighbour_values(neighbours: torch.Tensor, K: int) -> None:
     if CHECK_NEIGHBOURS and neighbours.numel() and neighbours.device.type != "meta":
         low, high = int(neighbours.min()), int(neighbours.max())
         if low < -1 or high >= K:
-            _fail(f"neighbour indices in [-1, {K})", f"values in [{low}, {high}]",
-                  "build the table with reference.tile_neighbours(ids_keep, grid_hw)")
+            _fail(
+                f"neighbour indices in [-1, {K})",
+                f"values in [{low}, {high}]",
+                "build the table with reference.tile_neighbours(ids_keep, grid_hw)",
+            )
 
 
 def _check_out(name: str, out: torch.Tensor | None, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
     if out is None:
         return torch.empty(shape, dtype=dtype, device=device)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(shape) or out.dtype != dtype \
-            or out.device != torch.device(device):
+    if (
+        not isinstance(out, torch.Tensor)
+        or tuple(out.shape) != tuple(shape)
+        or out.dtype != dtype
+        or out.device != torch.device(device)
+    ):
         got = f"{tuple(out.shape)} {out.dtype} {out.device}" if isinstance(out, torch.Tensor) else type(out).__name__
         _fail(f"{name} of shape {tuple(shape)}, dtype {dtype} on {device}", got, f"allocate {name} like the result")
     return out
@@ -202,20 +306,35 @@ def _launch(src, neighbours, weight, bias, out, flip: bool) -> None:
     w = _weight_view(weight)
     block_p, block_c, num_warps = _config(T, C)
     _depthwise_tiles_kernel[(B * K, triton.cdiv(C, block_c))](
-        src, *src.stride(),
-        neighbours, *neighbours.stride(),
-        w, *w.stride(),
-        bias if bias is not None else w, bias.stride(0) if bias is not None else 0,
-        out, *out.stride(),
-        K, C,
-        T=T, BLOCK_P=block_p, BLOCK_C=block_c, TAPS=_TAP_SLOTS, HAS_BIAS=bias is not None, FLIP=flip,
+        src,
+        *src.stride(),
+        neighbours,
+        *neighbours.stride(),
+        w,
+        *w.stride(),
+        bias if bias is not None else w,
+        bias.stride(0) if bias is not None else 0,
+        out,
+        *out.stride(),
+        K,
+        C,
+        T=T,
+        BLOCK_P=block_p,
+        BLOCK_C=block_c,
+        TAPS=_TAP_SLOTS,
+        HAS_BIAS=bias is not None,
+        FLIP=flip,
         num_warps=num_warps,
     )
 
 
-def depthwise_conv5x5_tiles_forward(tiles_BKTTC: torch.Tensor, neighbours_BK9: torch.Tensor, weight_C155: torch.Tensor,
-                                    bias_C: torch.Tensor | None = None,
-                                    out: torch.Tensor | None = None) -> torch.Tensor:
+def depthwise_conv5x5_tiles_forward(
+    tiles_BKTTC: torch.Tensor,
+    neighbours_BK9: torch.Tensor,
+    weight_C155: torch.Tensor,
+    bias_C: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One launch: [B,K,T,T,C] in the tiles' dtype, the fp32 twin's output rounded once (fp32 accumulation);
     for 16-bit tiles the eager twin, which rounds the weights to the tiles' dtype first, may differ by more."""
     _validate(tiles_BKTTC, neighbours_BK9, weight_C155, bias_C)
@@ -227,20 +346,30 @@ def depthwise_conv5x5_tiles_forward(tiles_BKTTC: torch.Tensor, neighbours_BK9: t
     return out
 
 
-def depthwise_conv5x5_tiles_backward(grad_BKTTC: torch.Tensor, tiles_BKTTC: torch.Tensor, neighbours_BK9: torch.Tensor,
-                                     weight_C155: torch.Tensor, has_bias: bool = True,
-                                     out: tuple | None = None
-                                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def depthwise_conv5x5_tiles_backward(
+    grad_BKTTC: torch.Tensor,
+    tiles_BKTTC: torch.Tensor,
+    neighbours_BK9: torch.Tensor,
+    weight_C155: torch.Tensor,
+    has_bias: bool = True,
+    out: tuple | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """-> (tiles gradient [B,K,T,T,C] in the tiles' dtype, weight gradient in the weight's shape and dtype,
     bias gradient [C] in the weight's dtype, or None without a bias). ``out``: optional tensors for them.
 
     Input gradient: one launch of the forward kernel with the flipped weight. Weight and bias gradients: one
     launch writing fp32 partials per chunk of tiles, then a fixed-order ``torch.sum`` (no atomics)."""
     _validate(tiles_BKTTC, neighbours_BK9, weight_C155, None)
-    if not isinstance(grad_BKTTC, torch.Tensor) or grad_BKTTC.shape != tiles_BKTTC.shape \
-            or grad_BKTTC.dtype not in _FLOAT_DTYPES:
-        got = f"{tuple(grad_BKTTC.shape)} {grad_BKTTC.dtype}" if isinstance(grad_BKTTC, torch.Tensor) else \
-            type(grad_BKTTC).__name__
+    if (
+        not isinstance(grad_BKTTC, torch.Tensor)
+        or grad_BKTTC.shape != tiles_BKTTC.shape
+        or grad_BKTTC.dtype not in _FLOAT_DTYPES
+    ):
+        got = (
+            f"{tuple(grad_BKTTC.shape)} {grad_BKTTC.dtype}"
+            if isinstance(grad_BKTTC, torch.Tensor)
+            else type(grad_BKTTC).__name__
+        )
         _fail(f"grad of shape {tuple(tiles_BKTTC.shape)} and a float dtype", got, "pass the gradient of the output")
     B, K, T, _, C = tiles_BKTTC.shape
     out = tuple(out) if out is not None else (None, None, None)
@@ -272,12 +401,22 @@ def depthwise_conv5x5_tiles_backward(grad_BKTTC: torch.Tensor, tiles_BKTTC: torc
     partial = torch.empty(num_partials, 26, C, dtype=torch.float32, device=tiles_BKTTC.device)
     block_p, block_c, num_warps = _config(T, C)
     _depthwise_tiles_wgrad_kernel[(num_partials, triton.cdiv(C, block_c))](
-        tiles_BKTTC, *tiles_BKTTC.stride(),
-        grad_BKTTC, *grad_BKTTC.stride(),
-        neighbours_BK9, *neighbours_BK9.stride(),
+        tiles_BKTTC,
+        *tiles_BKTTC.stride(),
+        grad_BKTTC,
+        *grad_BKTTC.stride(),
+        neighbours_BK9,
+        *neighbours_BK9.stride(),
         partial,
-        num_tiles, K, C, tiles_per_program,
-        T=T, BLOCK_P=block_p, BLOCK_C=block_c, TAPS=_TAP_SLOTS, num_warps=num_warps,
+        num_tiles,
+        K,
+        C,
+        tiles_per_program,
+        T=T,
+        BLOCK_P=block_p,
+        BLOCK_C=block_c,
+        TAPS=_TAP_SLOTS,
+        num_warps=num_warps,
     )
     totals = partial.sum(dim=0)  # [26, C] fp32, a fixed-order reduction
     grad_weight.copy_(totals[:25].t().reshape(grad_weight.shape))
@@ -290,8 +429,9 @@ def depthwise_conv5x5_tiles_backward(grad_BKTTC: torch.Tensor, tiles_BKTTC: torc
 # torch.library custom ops: single graph nodes for torch.compile
 # ---------------------------------------------------------------------------------------------
 @torch.library.custom_op("infmae::depthwise_tiles_fwd", mutates_args=())
-def _fwd_op(tiles: torch.Tensor, neighbours: torch.Tensor, weight: torch.Tensor,
-            bias: torch.Tensor | None) -> torch.Tensor:
+def _fwd_op(
+    tiles: torch.Tensor, neighbours: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     return depthwise_conv5x5_tiles_forward(tiles, neighbours, weight, bias)
 
 
@@ -301,8 +441,9 @@ def _(tiles, neighbours, weight, bias):
 
 
 @torch.library.custom_op("infmae::depthwise_tiles_bwd", mutates_args=())
-def _bwd_op(grad: torch.Tensor, tiles: torch.Tensor, neighbours: torch.Tensor, weight: torch.Tensor,
-            has_bias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bwd_op(
+    grad: torch.Tensor, tiles: torch.Tensor, neighbours: torch.Tensor, weight: torch.Tensor, has_bias: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     grad_tiles, grad_weight, grad_bias = depthwise_conv5x5_tiles_backward(grad, tiles, neighbours, weight, has_bias)
     if grad_bias is None:  # a custom op returns tensors only
         grad_bias = weight.new_zeros(0)
@@ -311,9 +452,11 @@ def _bwd_op(grad: torch.Tensor, tiles: torch.Tensor, neighbours: torch.Tensor, w
 
 @_bwd_op.register_fake
 def _(grad, tiles, neighbours, weight, has_bias):
-    return (torch.empty_like(tiles, memory_format=torch.contiguous_format),
-            torch.empty_like(weight, memory_format=torch.contiguous_format),
-            weight.new_empty(weight.shape[0] if has_bias else 0))
+    return (
+        torch.empty_like(tiles, memory_format=torch.contiguous_format),
+        torch.empty_like(weight, memory_format=torch.contiguous_format),
+        weight.new_empty(weight.shape[0] if has_bias else 0),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,13 +474,20 @@ class _DepthwiseTiles(torch.autograd.Function):
     def backward(ctx, grad):
         tiles, neighbours, weight = ctx.saved_tensors
         grad_tiles, grad_weight, grad_bias = _bwd_op(grad.contiguous(), tiles, neighbours, weight, ctx.has_bias)
-        return (grad_tiles if ctx.needs_input_grad[0] else None, None,
-                grad_weight if ctx.needs_input_grad[2] else None,
-                grad_bias.to(ctx.bias_dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None)
+        return (
+            grad_tiles if ctx.needs_input_grad[0] else None,
+            None,
+            grad_weight if ctx.needs_input_grad[2] else None,
+            grad_bias.to(ctx.bias_dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None,
+        )
 
 
-def depthwise_conv5x5_tiles(tiles_BKTTC: torch.Tensor, neighbours_BK9: torch.Tensor, weight_C155: torch.Tensor,
-                            bias_C: torch.Tensor | None = None) -> torch.Tensor:
+def depthwise_conv5x5_tiles(
+    tiles_BKTTC: torch.Tensor,
+    neighbours_BK9: torch.Tensor,
+    weight_C155: torch.Tensor,
+    bias_C: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The twin's op (``reference.depthwise_conv5x5_tiles``) by Triton kernels, forward and backward."""
     _validate(tiles_BKTTC, neighbours_BK9, weight_C155, bias_C)
     return _DepthwiseTiles.apply(tiles_BKTTC, neighbours_BK9, weight_C155, bias_C)

@@ -34,9 +34,10 @@ Which path runs (``_use_triton``): the Triton kernel for a CUDA tensor, or for a
 ``infmae::sort_stride_mask`` (``infmae::sort_stride_mask_out`` for ``out=``); it has no gradient
 (its outputs are integers and 0/1 maps).
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import triton
@@ -67,15 +68,32 @@ def _fail(expected: str, got: str, hint: str, error: type = ValueError) -> None:
 # ---------------------------------------------------------------------------------------------
 @triton.jit
 def _sort_stride_mask_kernel(
-    scores_ptr, keep_ptr, restore_ptr, mask_ptr, x4_ptr, x2_ptr,
-    L, S, w,
-    s_stride_b, s_stride_l,
-    keep_stride_b, keep_stride_k,
-    restore_stride_b, restore_stride_l,
-    mask_stride_b, mask_stride_l,
-    x4_stride_b, x4_stride_h, x4_stride_w,
-    x2_stride_b, x2_stride_h, x2_stride_w,
-    BLOCK: tl.constexpr, DESCENDING: tl.constexpr, HAS_MAPS: tl.constexpr,
+    scores_ptr,
+    keep_ptr,
+    restore_ptr,
+    mask_ptr,
+    x4_ptr,
+    x2_ptr,
+    L,
+    S,
+    w,
+    s_stride_b,
+    s_stride_l,
+    keep_stride_b,
+    keep_stride_k,
+    restore_stride_b,
+    restore_stride_l,
+    mask_stride_b,
+    mask_stride_l,
+    x4_stride_b,
+    x4_stride_h,
+    x4_stride_w,
+    x2_stride_b,
+    x2_stride_h,
+    x2_stride_w,
+    BLOCK: tl.constexpr,
+    DESCENDING: tl.constexpr,
+    HAS_MAPS: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     lane = tl.arange(0, BLOCK)
@@ -94,8 +112,9 @@ def _sort_stride_mask_kernel(
     rank = lane  # after the sort, lane r holds rank r
     idx = (packed - ((packed >> 32) << 32)).to(tl.int32)  # the low 32 bits: raster index of rank r
     kept = (rank % S) == 0
-    tl.store(keep_ptr + b * keep_stride_b + (rank // S).to(tl.int64) * keep_stride_k, idx.to(tl.int64),
-             mask=valid & kept)
+    tl.store(
+        keep_ptr + b * keep_stride_b + (rank // S).to(tl.int64) * keep_stride_k, idx.to(tl.int64), mask=valid & kept
+    )
     idx64 = idx.to(tl.int64)
     tl.store(restore_ptr + b * restore_stride_b + idx64 * restore_stride_l, rank.to(tl.int64), mask=valid)
     tl.store(mask_ptr + b * mask_stride_b + idx64 * mask_stride_l, tl.where(kept, 0.0, 1.0), mask=valid)
@@ -105,12 +124,18 @@ def _sort_stride_mask_kernel(
         col = (idx % w).to(tl.int64)
         for dy in tl.static_range(4):
             for dx in tl.static_range(4):
-                tl.store(x4_ptr + b * x4_stride_b + (4 * row + dy) * x4_stride_h + (4 * col + dx) * x4_stride_w,
-                         visible, mask=valid)
+                tl.store(
+                    x4_ptr + b * x4_stride_b + (4 * row + dy) * x4_stride_h + (4 * col + dx) * x4_stride_w,
+                    visible,
+                    mask=valid,
+                )
         for dy in tl.static_range(2):
             for dx in tl.static_range(2):
-                tl.store(x2_ptr + b * x2_stride_b + (2 * row + dy) * x2_stride_h + (2 * col + dx) * x2_stride_w,
-                         visible, mask=valid)
+                tl.store(
+                    x2_ptr + b * x2_stride_b + (2 * row + dy) * x2_stride_h + (2 * col + dx) * x2_stride_w,
+                    visible,
+                    mask=valid,
+                )
 
 
 def _num_warps(block: int) -> int:
@@ -119,8 +144,17 @@ def _num_warps(block: int) -> int:
     return min(32, max(4, block // 128))
 
 
-def _launch(scores: torch.Tensor, stride: int, descending: bool, grid_w: int, keep: torch.Tensor,
-            restore: torch.Tensor, mask: torch.Tensor, x4: Optional[torch.Tensor], x2: Optional[torch.Tensor]) -> None:
+def _launch(
+    scores: torch.Tensor,
+    stride: int,
+    descending: bool,
+    grid_w: int,
+    keep: torch.Tensor,
+    restore: torch.Tensor,
+    mask: torch.Tensor,
+    x4: torch.Tensor | None,
+    x2: torch.Tensor | None,
+) -> None:
     """Write every output of one sort-and-stride mask into the given tensors (any strides)."""
     B, L = scores.shape
     if B == 0 or L == 0:
@@ -134,10 +168,25 @@ def _launch(scores: torch.Tensor, stride: int, descending: bool, grid_w: int, ke
         x4_strides = x2_strides = (0, 0, 0)
     block = triton.next_power_of_2(L)
     _sort_stride_mask_kernel[(B,)](
-        scores, keep, restore, mask, x4, x2,
-        L, stride, max(grid_w, 1),
-        *scores.stride(), *keep.stride(), *restore.stride(), *mask.stride(), *x4_strides, *x2_strides,
-        BLOCK=block, DESCENDING=descending, HAS_MAPS=has_maps, num_warps=_num_warps(block),
+        scores,
+        keep,
+        restore,
+        mask,
+        x4,
+        x2,
+        L,
+        stride,
+        max(grid_w, 1),
+        *scores.stride(),
+        *keep.stride(),
+        *restore.stride(),
+        *mask.stride(),
+        *x4_strides,
+        *x2_strides,
+        BLOCK=block,
+        DESCENDING=descending,
+        HAS_MAPS=has_maps,
+        num_warps=_num_warps(block),
     )
 
 
@@ -156,15 +205,19 @@ def _empty_outputs(scores: torch.Tensor, stride: int, grid_h: int, grid_w: int):
     B, L = scores.shape
     dev = scores.device
     K = reference.num_visible(L, stride)
-    return (torch.empty(B, K, dtype=torch.int64, device=dev), torch.empty(B, L, dtype=torch.int64, device=dev),
-            torch.empty(B, L, dtype=torch.float32, device=dev),
-            torch.empty(B, 1, 4 * grid_h, 4 * grid_w, dtype=torch.float32, device=dev),
-            torch.empty(B, 1, 2 * grid_h, 2 * grid_w, dtype=torch.float32, device=dev))
+    return (
+        torch.empty(B, K, dtype=torch.int64, device=dev),
+        torch.empty(B, L, dtype=torch.int64, device=dev),
+        torch.empty(B, L, dtype=torch.float32, device=dev),
+        torch.empty(B, 1, 4 * grid_h, 4 * grid_w, dtype=torch.float32, device=dev),
+        torch.empty(B, 1, 2 * grid_h, 2 * grid_w, dtype=torch.float32, device=dev),
+    )
 
 
 @torch.library.custom_op("infmae::sort_stride_mask", mutates_args=())
-def _sort_stride_mask_op(scores: torch.Tensor, stride: int, order: str, grid_h: int, grid_w: int
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _sort_stride_mask_op(
+    scores: torch.Tensor, stride: int, order: str, grid_h: int, grid_w: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     outs = _empty_outputs(scores, stride, grid_h, grid_w)
     has_maps = grid_h > 0
     grid_hw = (grid_h, grid_w) if has_maps else None
@@ -181,11 +234,20 @@ def _(scores, stride, order, grid_h, grid_w):
     return _empty_outputs(scores, stride, grid_h, grid_w)
 
 
-@torch.library.custom_op("infmae::sort_stride_mask_out",
-                         mutates_args=("ids_keep", "ids_restore", "mask", "visible_x4", "visible_x2"))
-def _sort_stride_mask_out_op(scores: torch.Tensor, stride: int, order: str, grid_w: int,
-                             ids_keep: torch.Tensor, ids_restore: torch.Tensor, mask: torch.Tensor,
-                             visible_x4: Optional[torch.Tensor], visible_x2: Optional[torch.Tensor]) -> None:
+@torch.library.custom_op(
+    "infmae::sort_stride_mask_out", mutates_args=("ids_keep", "ids_restore", "mask", "visible_x4", "visible_x2")
+)
+def _sort_stride_mask_out_op(
+    scores: torch.Tensor,
+    stride: int,
+    order: str,
+    grid_w: int,
+    ids_keep: torch.Tensor,
+    ids_restore: torch.Tensor,
+    mask: torch.Tensor,
+    visible_x4: torch.Tensor | None,
+    visible_x2: torch.Tensor | None,
+) -> None:
     if _use_triton(scores) and scores.shape[1] <= MAX_TRITON_L:
         _launch(scores, stride, order == "descending", grid_w, ids_keep, ids_restore, mask, visible_x4, visible_x2)
     else:
@@ -203,18 +265,29 @@ def _(scores, stride, order, grid_w, ids_keep, ids_restore, mask, visible_x4, vi
 # ---------------------------------------------------------------------------------------------
 def _check_out(name: str, t, shape: tuple, dtype: torch.dtype, device: torch.device) -> None:
     if not isinstance(t, torch.Tensor):
-        _fail(f"out.{name} as a torch.Tensor", type(t).__name__, f"pass a {dtype} tensor of shape {list(shape)}", TypeError)
+        _fail(
+            f"out.{name} as a torch.Tensor",
+            type(t).__name__,
+            f"pass a {dtype} tensor of shape {list(shape)}",
+            TypeError,
+        )
     if tuple(t.shape) != shape or t.dtype != dtype or t.device != device:
-        _fail(f"out.{name} of shape {list(shape)}, {dtype}, on {device}",
-              f"shape {tuple(t.shape)}, {t.dtype}, on {t.device}", "allocate it with torch.empty(...) to match")
+        _fail(
+            f"out.{name} of shape {list(shape)}, {dtype}, on {device}",
+            f"shape {tuple(t.shape)}, {t.dtype}, on {t.device}",
+            "allocate it with torch.empty(...) to match",
+        )
 
 
-def _validate(scores, stride, order, grid_hw, out) -> Optional[tuple]:
+def _validate(scores, stride, order, grid_hw, out) -> tuple | None:
     if not isinstance(scores, torch.Tensor):
         _fail("scores as a torch.Tensor", type(scores).__name__, "pass the [B,L] output of intensity_pool", TypeError)
     if scores.dim() != 2:
-        _fail("scores of shape [B,L]", f"shape {tuple(scores.shape)}",
-              "score the patches first (intensity_pool) and pass its [B,L] output")
+        _fail(
+            "scores of shape [B,L]",
+            f"shape {tuple(scores.shape)}",
+            "score the patches first (intensity_pool) and pass its [B,L] output",
+        )
     if scores.dtype not in _SCORE_DTYPES:
         _fail("scores of dtype float32, bfloat16 or float16", str(scores.dtype), "convert with scores.float()")
     B, L = scores.shape
@@ -225,15 +298,21 @@ def _validate(scores, stride, order, grid_hw, out) -> Optional[tuple]:
     if order not in reference.ORDERS:
         _fail(f"order in {reference.ORDERS}", repr(order), "use 'descending' (paper) or 'ascending' (released code)")
     if grid_hw is not None:
-        ok = (isinstance(grid_hw, (tuple, list)) and len(grid_hw) == 2
-              and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in grid_hw))
+        ok = (
+            isinstance(grid_hw, (tuple, list))
+            and len(grid_hw) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in grid_hw)
+        )
         if not ok or grid_hw[0] * grid_hw[1] != L:
             _fail(f"grid_hw (h, w) of positive ints with h*w == L == {L}", repr(grid_hw), "pass (H // 16, W // 16)")
     if out is None:
         return None
     if not isinstance(out, (tuple, list)) or len(out) not in (3, 5):
-        _fail("out as a tuple (ids_keep, ids_restore, mask[, visible_x4, visible_x2])", repr(type(out).__name__),
-              "pass a MaskOutputs or a tuple of 3 or 5 tensors")
+        _fail(
+            "out as a tuple (ids_keep, ids_restore, mask[, visible_x4, visible_x2])",
+            repr(type(out).__name__),
+            "pass a MaskOutputs or a tuple of 3 or 5 tensors",
+        )
     outs = tuple(out) + (None,) * (5 - len(out))
     K = reference.num_visible(L, stride)
     dev = scores.device
@@ -250,9 +329,14 @@ def _validate(scores, stride, order, grid_hw, out) -> Optional[tuple]:
     return outs
 
 
-def sort_stride_mask(scores_BL: torch.Tensor, stride: int, order: str = "descending",
-                     grid_hw: tuple[int, int] | None = None, *,
-                     out: Sequence[torch.Tensor | None] | None = None) -> MaskOutputs:
+def sort_stride_mask(
+    scores_BL: torch.Tensor,
+    stride: int,
+    order: str = "descending",
+    grid_hw: tuple[int, int] | None = None,
+    *,
+    out: Sequence[torch.Tensor | None] | None = None,
+) -> MaskOutputs:
     """Information-aware mask: sort patches by score, keep every ``stride``-th rank (offset 0).
 
     scores_BL: [B,L] float32/bfloat16/float16 (any strides). order: "descending" (highest score is

@@ -28,8 +28,8 @@ Which path runs (``_use_triton``): the Triton kernel for a CUDA tensor, or for a
 ``infmae::intensity_pool`` (and ``infmae::intensity_pool_out`` for ``out=``), so ``torch.compile``
 does not break its graph on it.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import torch
 import triton
@@ -59,11 +59,21 @@ def _fail(expected: str, got: str, hint: str, error: type = ValueError) -> None:
 # ---------------------------------------------------------------------------------------------
 @triton.jit
 def _intensity_pool_kernel(
-    img_ptr, filt_ptr, bias_ptr, out_ptr,
-    C, h, w,
-    stride_b, stride_c, stride_h, stride_w,
-    out_stride_b, out_stride_l,
-    BLOCK_PW: tl.constexpr, PATCH_SIZE: tl.constexpr,
+    img_ptr,
+    filt_ptr,
+    bias_ptr,
+    out_ptr,
+    C,
+    h,
+    w,
+    stride_b,
+    stride_c,
+    stride_h,
+    stride_w,
+    out_stride_b,
+    out_stride_l,
+    BLOCK_PW: tl.constexpr,
+    PATCH_SIZE: tl.constexpr,
 ):
     # program (b * h + i, j): patch row i of image b, patch columns j*BLOCK_PW ... j*BLOCK_PW + BLOCK_PW-1
     row_id = tl.program_id(0)
@@ -100,10 +110,18 @@ def _launch(imgs: torch.Tensor, filt: torch.Tensor, bias: torch.Tensor, out: tor
     block_pw = min(8, triton.next_power_of_2(w))
     grid = (B * h, triton.cdiv(w, block_pw))
     _intensity_pool_kernel[grid](
-        imgs, filt32, bias32, out,
-        C, h, w,
-        *imgs.stride(), *out.stride(),
-        BLOCK_PW=block_pw, PATCH_SIZE=PATCH, num_warps=4,
+        imgs,
+        filt32,
+        bias32,
+        out,
+        C,
+        h,
+        w,
+        *imgs.stride(),
+        *out.stride(),
+        BLOCK_PW=block_pw,
+        PATCH_SIZE=PATCH,
+        num_warps=4,
     )
 
 
@@ -148,26 +166,39 @@ def _validate(imgs: torch.Tensor, filt: torch.Tensor, bias, out) -> None:
     if not isinstance(filt, torch.Tensor):
         _fail("filter as a torch.Tensor", type(filt).__name__, "pass a [C,16,16] tensor", TypeError)
     if imgs.dim() != 4:
-        _fail("imgs of shape [B,C,H,W]", f"shape {tuple(imgs.shape)}",
-              "pass a batch of images, e.g. imgs.unsqueeze(0) for a single image")
+        _fail(
+            "imgs of shape [B,C,H,W]",
+            f"shape {tuple(imgs.shape)}",
+            "pass a batch of images, e.g. imgs.unsqueeze(0) for a single image",
+        )
     if imgs.dtype not in _FLOAT_DTYPES:
         _fail("imgs of dtype float32, bfloat16 or float16", str(imgs.dtype), "convert with imgs.float()")
     B, C, H, W = imgs.shape
     if H % PATCH or W % PATCH:
         _fail("H and W multiples of 16", f"{H}x{W}", "resize or crop the images to a multiple of 16")
     if tuple(filt.shape) != (C, PATCH, PATCH):
-        _fail(f"a filter of shape [{C},16,16]", f"shape {tuple(filt.shape)}",
-              "the filter needs one 16x16 plane per image channel")
+        _fail(
+            f"a filter of shape [{C},16,16]",
+            f"shape {tuple(filt.shape)}",
+            "the filter needs one 16x16 plane per image channel",
+        )
     if not filt.is_floating_point():
         _fail("a floating-point filter", str(filt.dtype), "convert with filter.float()")
     if filt.device != imgs.device:
-        _fail(f"the filter on the images' device {imgs.device}", str(filt.device), "move it with filter.to(imgs.device)")
+        _fail(
+            f"the filter on the images' device {imgs.device}", str(filt.device), "move it with filter.to(imgs.device)"
+        )
     if isinstance(bias, torch.Tensor):
         if bias.numel() != 1 or not bias.is_floating_point():
-            _fail("a float bias or a one-element float tensor", f"{bias.dtype} tensor of shape {tuple(bias.shape)}",
-                  "average a conv bias first, e.g. conv.bias.mean()")
+            _fail(
+                "a float bias or a one-element float tensor",
+                f"{bias.dtype} tensor of shape {tuple(bias.shape)}",
+                "average a conv bias first, e.g. conv.bias.mean()",
+            )
         if bias.device != imgs.device:
-            _fail(f"the bias on the images' device {imgs.device}", str(bias.device), "move it with bias.to(imgs.device)")
+            _fail(
+                f"the bias on the images' device {imgs.device}", str(bias.device), "move it with bias.to(imgs.device)"
+            )
     elif not isinstance(bias, (int, float)) or isinstance(bias, bool):
         _fail("a float bias or a one-element float tensor", type(bias).__name__, "pass e.g. 0.0", TypeError)
     if out is not None:
@@ -175,13 +206,20 @@ def _validate(imgs: torch.Tensor, filt: torch.Tensor, bias, out) -> None:
         if not isinstance(out, torch.Tensor):
             _fail("out as a torch.Tensor", type(out).__name__, f"pass a float32 tensor of shape [{B},{L}]", TypeError)
         if tuple(out.shape) != (B, L) or out.dtype != torch.float32 or out.device != imgs.device:
-            _fail(f"out of shape [{B},{L}], float32, on {imgs.device}",
-                  f"shape {tuple(out.shape)}, {out.dtype}, on {out.device}",
-                  "allocate it with torch.empty(B, L, dtype=torch.float32, device=imgs.device)")
+            _fail(
+                f"out of shape [{B},{L}], float32, on {imgs.device}",
+                f"shape {tuple(out.shape)}, {out.dtype}, on {out.device}",
+                "allocate it with torch.empty(B, L, dtype=torch.float32, device=imgs.device)",
+            )
 
 
-def intensity_pool(imgs_BCHW: torch.Tensor, filter_C1616: torch.Tensor, bias: float | torch.Tensor = 0.0, *,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
+def intensity_pool(
+    imgs_BCHW: torch.Tensor,
+    filter_C1616: torch.Tensor,
+    bias: float | torch.Tensor = 0.0,
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Score every 16x16 patch with one linear filter: ``scores[b, l] = <F, imgs[b, :, patch l]> + bias``.
 
     imgs_BCHW: [B,C,H,W] float32/bfloat16/float16, any strides; H and W multiples of 16.

@@ -12,9 +12,11 @@ Conventions (facebookresearch/mae's masking contract, shared/README.md sections 
 
 This module depends on torch only (never on ``infmae``), so kernels and their twins can be tested alone.
 """
+
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -36,7 +38,9 @@ def intensity_filter(channels: int, dtype: torch.dtype = torch.float32, device=N
     return torch.full((channels, PATCH, PATCH), 1.0 / (channels * PATCH * PATCH), dtype=dtype, device=device)
 
 
-def intensity_pool(imgs_BCHW: torch.Tensor, filter_C1616: torch.Tensor, bias: float | torch.Tensor = 0.0) -> torch.Tensor:
+def intensity_pool(
+    imgs_BCHW: torch.Tensor, filter_C1616: torch.Tensor, bias: float | torch.Tensor = 0.0
+) -> torch.Tensor:
     """Score every 16x16 patch with one linear filter: ``scores[b, l] = <F, imgs[b, :, patch l]> + bias``.
 
     imgs_BCHW: [B,C,H,W] float32/bfloat16/float16, any strides; H and W multiples of 16.
@@ -44,15 +48,35 @@ def intensity_pool(imgs_BCHW: torch.Tensor, filter_C1616: torch.Tensor, bias: fl
     Returns scores [B,L] float32, patches in raster order. Accumulation is in fp32.
     """
     op = "intensity_pool"
-    _check(imgs_BCHW.dim() == 4, op, "imgs of shape [B,C,H,W]", f"shape {tuple(imgs_BCHW.shape)}",
-           "pass a batch of images, e.g. imgs.unsqueeze(0) for a single image")
-    _check(imgs_BCHW.dtype in _FLOAT_DTYPES, op, "imgs of dtype float32, bfloat16 or float16",
-           str(imgs_BCHW.dtype), "convert with imgs.float()")
+    _check(
+        imgs_BCHW.dim() == 4,
+        op,
+        "imgs of shape [B,C,H,W]",
+        f"shape {tuple(imgs_BCHW.shape)}",
+        "pass a batch of images, e.g. imgs.unsqueeze(0) for a single image",
+    )
+    _check(
+        imgs_BCHW.dtype in _FLOAT_DTYPES,
+        op,
+        "imgs of dtype float32, bfloat16 or float16",
+        str(imgs_BCHW.dtype),
+        "convert with imgs.float()",
+    )
     B, C, H, W = imgs_BCHW.shape
-    _check(H % PATCH == 0 and W % PATCH == 0, op, "H and W multiples of 16", f"{H}x{W}",
-           "resize or crop the images to a multiple of 16")
-    _check(tuple(filter_C1616.shape) == (C, PATCH, PATCH), op, f"a filter of shape [{C},16,16]",
-           f"shape {tuple(filter_C1616.shape)}", "the filter needs one 16x16 plane per image channel")
+    _check(
+        H % PATCH == 0 and W % PATCH == 0,
+        op,
+        "H and W multiples of 16",
+        f"{H}x{W}",
+        "resize or crop the images to a multiple of 16",
+    )
+    _check(
+        tuple(filter_C1616.shape) == (C, PATCH, PATCH),
+        op,
+        f"a filter of shape [{C},16,16]",
+        f"shape {tuple(filter_C1616.shape)}",
+        "the filter needs one 16x16 plane per image channel",
+    )
     h, w = H // PATCH, W // PATCH
     patches = imgs_BCHW.float().reshape(B, C, h, PATCH, w, PATCH)
     scores = torch.einsum("bchpwq,cpq->bhw", patches, filter_C1616.float())
@@ -75,8 +99,9 @@ def num_visible(num_patches: int, stride: int) -> int:
     return -(-num_patches // stride)
 
 
-def sort_stride_mask(scores_BL: torch.Tensor, stride: int, order: str = "descending",
-                     grid_hw: tuple[int, int] | None = None) -> MaskOutputs:
+def sort_stride_mask(
+    scores_BL: torch.Tensor, stride: int, order: str = "descending", grid_hw: tuple[int, int] | None = None
+) -> MaskOutputs:
     """Information-aware mask: sort patches by score, keep every ``stride``-th rank (offset 0).
 
     scores_BL: [B,L] float. order: "descending" (highest score is rank 0) or "ascending".
@@ -84,15 +109,32 @@ def sort_stride_mask(scores_BL: torch.Tensor, stride: int, order: str = "descend
     grid_hw: (h, w) with h*w == L; when given, the x4 and x2 visibility maps are returned too.
     """
     op = "sort_stride_mask"
-    _check(scores_BL.dim() == 2, op, "scores of shape [B,L]", f"shape {tuple(scores_BL.shape)}",
-           "score the patches first (intensity_pool) and pass its [B,L] output")
-    _check(isinstance(stride, int) and stride >= 1, op, "an integer stride >= 1", repr(stride),
-           "the default stride is 4 (25 % visible)")
-    _check(order in ORDERS, op, f"order in {ORDERS}", repr(order), "use 'descending' (paper) or 'ascending' (released code)")
+    _check(
+        scores_BL.dim() == 2,
+        op,
+        "scores of shape [B,L]",
+        f"shape {tuple(scores_BL.shape)}",
+        "score the patches first (intensity_pool) and pass its [B,L] output",
+    )
+    _check(
+        isinstance(stride, int) and stride >= 1,
+        op,
+        "an integer stride >= 1",
+        repr(stride),
+        "the default stride is 4 (25 % visible)",
+    )
+    _check(
+        order in ORDERS,
+        op,
+        f"order in {ORDERS}",
+        repr(order),
+        "use 'descending' (paper) or 'ascending' (released code)",
+    )
     B, L = scores_BL.shape
     if grid_hw is not None:
-        _check(grid_hw[0] * grid_hw[1] == L, op, f"grid_hw with h*w == L == {L}", repr(grid_hw),
-               "pass (H // 16, W // 16)")
+        _check(
+            grid_hw[0] * grid_hw[1] == L, op, f"grid_hw with h*w == L == {L}", repr(grid_hw), "pass (H // 16, W // 16)"
+        )
     ids_shuffle = torch.sort(scores_BL, dim=1, descending=(order == "descending"), stable=True).indices
     ids_keep = ids_shuffle[:, ::stride].contiguous()
     ranks = torch.arange(L, device=scores_BL.device).expand(B, L)
@@ -118,10 +160,20 @@ def visibility_maps(mask_BL: torch.Tensor, grid_hw: tuple[int, int]) -> tuple[to
 # 3. token gather, 4. token restore
 # ---------------------------------------------------------------------------------------------
 def _check_ids(op: str, tokens: torch.Tensor, ids_BK: torch.Tensor) -> None:
-    _check(tokens.dim() == 3, op, "tokens of shape [B,L,D]", f"shape {tuple(tokens.shape)}",
-           "flatten the spatial grid first: x.flatten(2).transpose(1, 2)")
-    _check(ids_BK.dim() == 2 and ids_BK.shape[0] == tokens.shape[0], op, f"ids of shape [{tokens.shape[0]},K]",
-           f"shape {tuple(ids_BK.shape)}", "pass ids_keep from sort_stride_mask for the same batch")
+    _check(
+        tokens.dim() == 3,
+        op,
+        "tokens of shape [B,L,D]",
+        f"shape {tuple(tokens.shape)}",
+        "flatten the spatial grid first: x.flatten(2).transpose(1, 2)",
+    )
+    _check(
+        ids_BK.dim() == 2 and ids_BK.shape[0] == tokens.shape[0],
+        op,
+        f"ids of shape [{tokens.shape[0]},K]",
+        f"shape {tuple(ids_BK.shape)}",
+        "pass ids_keep from sort_stride_mask for the same batch",
+    )
     _check(ids_BK.dtype == torch.int64, op, "int64 ids", str(ids_BK.dtype), "use ids.long()")
 
 
@@ -137,8 +189,9 @@ def token_gather_many(tensors_BLD: Sequence[torch.Tensor], ids_keep_BK: torch.Te
     return tuple(token_gather(t, ids_keep_BK) for t in tensors_BLD)
 
 
-def token_restore(visible_BKD: torch.Tensor, mask_token_D: torch.Tensor, ids_keep_BK: torch.Tensor,
-                  num_patches: int) -> torch.Tensor:
+def token_restore(
+    visible_BKD: torch.Tensor, mask_token_D: torch.Tensor, ids_keep_BK: torch.Tensor, num_patches: int
+) -> torch.Tensor:
     """Place visible tokens at ``ids_keep`` and the mask token everywhere else: -> [B,L,D].
 
     visible_BKD: [B,K,D]; mask_token_D: [D] (any shape with D elements, e.g. [1,1,D]), cast to the
@@ -148,8 +201,13 @@ def token_restore(visible_BKD: torch.Tensor, mask_token_D: torch.Tensor, ids_kee
     op = "token_restore"
     _check_ids(op, visible_BKD, ids_keep_BK)
     B, K, D = visible_BKD.shape
-    _check(mask_token_D.numel() == D, op, f"a mask token with {D} elements", f"shape {tuple(mask_token_D.shape)}",
-           "the mask token must have the decoder width")
+    _check(
+        mask_token_D.numel() == D,
+        op,
+        f"a mask token with {D} elements",
+        f"shape {tuple(mask_token_D.shape)}",
+        "the mask token must have the decoder width",
+    )
     _check(num_patches >= K, op, f"num_patches >= K = {K}", str(num_patches), "pass L = h*w of the patch grid")
     filled = mask_token_D.reshape(1, 1, D).to(visible_BKD.dtype).expand(B, num_patches, D)
     index = ids_keep_BK.unsqueeze(-1).expand(-1, -1, D)
@@ -170,8 +228,13 @@ def tile_neighbours(ids_keep_BK: torch.Tensor, grid_hw: tuple[int, int]) -> torc
     patch ``ids_keep[b, k]`` on the h x w grid, or -1 where that patch is masked or outside the image.
     """
     op = "tile_neighbours"
-    _check(ids_keep_BK.dim() == 2 and ids_keep_BK.dtype == torch.int64, op, "ids_keep [B,K] int64",
-           f"shape {tuple(ids_keep_BK.shape)} {ids_keep_BK.dtype}", "pass ids_keep from sort_stride_mask")
+    _check(
+        ids_keep_BK.dim() == 2 and ids_keep_BK.dtype == torch.int64,
+        op,
+        "ids_keep [B,K] int64",
+        f"shape {tuple(ids_keep_BK.shape)} {ids_keep_BK.dtype}",
+        "pass ids_keep from sort_stride_mask",
+    )
     h, w = grid_hw
     B, K = ids_keep_BK.shape
     device = ids_keep_BK.device
@@ -183,41 +246,74 @@ def tile_neighbours(ids_keep_BK: torch.Tensor, grid_hw: tuple[int, int]) -> torc
     return torch.stack([padded[batch, rows + dy, cols + dx] for dy, dx in NEIGHBOUR_OFFSETS], dim=2)
 
 
-def check_depthwise_tiles_inputs(op: str, tiles_BKTTC: torch.Tensor, neighbours_BK9: torch.Tensor,
-                                 weight_C155: torch.Tensor, bias_C: torch.Tensor | None,
-                                 dtypes: tuple = _FLOAT_DTYPES + (torch.float64,)) -> None:
+def check_depthwise_tiles_inputs(
+    op: str,
+    tiles_BKTTC: torch.Tensor,
+    neighbours_BK9: torch.Tensor,
+    weight_C155: torch.Tensor,
+    bias_C: torch.Tensor | None,
+    dtypes: tuple = _FLOAT_DTYPES + (torch.float64,),
+) -> None:
     """The input contract of ``depthwise_conv5x5_tiles`` (shared by the twin and the Triton op). The twin
     also takes float64 (exactness tests of the sparse encoder); the Triton op passes ``dtypes`` without it."""
     for name, t in (("tiles", tiles_BKTTC), ("neighbours", neighbours_BK9), ("weight", weight_C155)):
         _check(isinstance(t, torch.Tensor), op, f"{name} as a torch.Tensor", type(t).__name__, "pass tensors")
-    _check(tiles_BKTTC.dim() == 5 and tiles_BKTTC.shape[2] == tiles_BKTTC.shape[3], op,
-           "tiles of shape [B,K,T,T,C]", f"shape {tuple(tiles_BKTTC.shape)}",
-           "lay the visible tiles out channels-last: [batch, tile, row, column, channel]")
+    _check(
+        tiles_BKTTC.dim() == 5 and tiles_BKTTC.shape[2] == tiles_BKTTC.shape[3],
+        op,
+        "tiles of shape [B,K,T,T,C]",
+        f"shape {tuple(tiles_BKTTC.shape)}",
+        "lay the visible tiles out channels-last: [batch, tile, row, column, channel]",
+    )
     B, K, T, _, C = tiles_BKTTC.shape
     _check(T >= 2, op, "tiles of at least 2x2 pixels", f"{T}x{T}", "the 2-pixel halo must come from the 8 neighbours")
     names = ", ".join(str(d)[6:] for d in dtypes)
-    _check(tiles_BKTTC.dtype in dtypes, op, f"tiles of dtype {names}",
-           str(tiles_BKTTC.dtype), "convert with tiles.float()")
-    _check(tuple(neighbours_BK9.shape) == (B, K, 9), op, f"neighbours of shape [{B},{K},9]",
-           f"shape {tuple(neighbours_BK9.shape)}", "build the table with tile_neighbours(ids_keep, grid_hw)")
-    _check(neighbours_BK9.dtype == torch.int64, op, "int64 neighbours", str(neighbours_BK9.dtype),
-           "use neighbours.long()")
-    _check(tuple(weight_C155.shape) in ((C, 1, 5, 5), (C, 5, 5)), op, f"weight of shape [{C},1,5,5]",
-           f"shape {tuple(weight_C155.shape)}", "pass the depthwise conv's weight (groups = channels)")
-    _check(weight_C155.dtype in dtypes, op, f"weight of dtype {names}",
-           str(weight_C155.dtype), "convert with weight.float()")
+    _check(
+        tiles_BKTTC.dtype in dtypes, op, f"tiles of dtype {names}", str(tiles_BKTTC.dtype), "convert with tiles.float()"
+    )
+    _check(
+        tuple(neighbours_BK9.shape) == (B, K, 9),
+        op,
+        f"neighbours of shape [{B},{K},9]",
+        f"shape {tuple(neighbours_BK9.shape)}",
+        "build the table with tile_neighbours(ids_keep, grid_hw)",
+    )
+    _check(
+        neighbours_BK9.dtype == torch.int64, op, "int64 neighbours", str(neighbours_BK9.dtype), "use neighbours.long()"
+    )
+    _check(
+        tuple(weight_C155.shape) in ((C, 1, 5, 5), (C, 5, 5)),
+        op,
+        f"weight of shape [{C},1,5,5]",
+        f"shape {tuple(weight_C155.shape)}",
+        "pass the depthwise conv's weight (groups = channels)",
+    )
+    _check(
+        weight_C155.dtype in dtypes,
+        op,
+        f"weight of dtype {names}",
+        str(weight_C155.dtype),
+        "convert with weight.float()",
+    )
     if bias_C is not None:
-        _check(isinstance(bias_C, torch.Tensor) and tuple(bias_C.shape) == (C,), op, f"bias of shape [{C}]",
-               f"{tuple(bias_C.shape) if isinstance(bias_C, torch.Tensor) else type(bias_C).__name__}",
-               "pass the conv's bias or None")
-        _check(bias_C.dtype in dtypes, op, f"bias of dtype {names}", str(bias_C.dtype),
-               "convert with bias.float()")
+        _check(
+            isinstance(bias_C, torch.Tensor) and tuple(bias_C.shape) == (C,),
+            op,
+            f"bias of shape [{C}]",
+            f"{tuple(bias_C.shape) if isinstance(bias_C, torch.Tensor) else type(bias_C).__name__}",
+            "pass the conv's bias or None",
+        )
+        _check(bias_C.dtype in dtypes, op, f"bias of dtype {names}", str(bias_C.dtype), "convert with bias.float()")
     devices = {t.device for t in (tiles_BKTTC, neighbours_BK9, weight_C155, bias_C) if t is not None}
     _check(len(devices) == 1, op, "all inputs on one device", str(sorted(map(str, devices))), "move them with .to()")
 
 
-def depthwise_conv5x5_tiles(tiles_BKTTC: torch.Tensor, neighbours_BK9: torch.Tensor, weight_C155: torch.Tensor,
-                            bias_C: torch.Tensor | None = None) -> torch.Tensor:
+def depthwise_conv5x5_tiles(
+    tiles_BKTTC: torch.Tensor,
+    neighbours_BK9: torch.Tensor,
+    weight_C155: torch.Tensor,
+    bias_C: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Depthwise 5x5 conv (padding 2) of a map of which only the visible T x T tiles are non-zero,
     evaluated on those tiles: -> [B,K,T,T,C] in the tiles' dtype.
 
@@ -236,7 +332,7 @@ def depthwise_conv5x5_tiles(tiles_BKTTC: torch.Tensor, neighbours_BK9: torch.Ten
     batch = torch.arange(B, device=tiles_BKTTC.device)[:, None, None]
     hood = padded[batch, index]  # [B,K,9,T,T,C]
     hood = hood.view(B * K, 3, 3, T, T, C).permute(0, 5, 1, 3, 2, 4).reshape(B * K, C, 3 * T, 3 * T)
-    window = hood[:, :, T - 2:2 * T + 2, T - 2:2 * T + 2]
+    window = hood[:, :, T - 2 : 2 * T + 2, T - 2 : 2 * T + 2]
     bias = None if bias_C is None else bias_C.to(dtype)
     out = torch.nn.functional.conv2d(window, weight_C155.reshape(C, 1, 5, 5).to(dtype), bias, groups=C)
     return out.view(B, K, C, T, T).permute(0, 1, 3, 4, 2)

@@ -4,10 +4,11 @@ Tests and benchmarks iterate ``REGISTRY``, so a kernel is covered by constructio
 without a twin is an error, and a test fails if a fast op exported by ``kernels.triton_ops`` is missing
 here.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from kernels import reference
 
@@ -26,8 +27,10 @@ REGISTRY: dict[str, KernelPair] = {}
 
 def register(name: str, fast: Callable, twin: Callable | None, has_backward: bool) -> KernelPair:
     if twin is None or getattr(reference, getattr(twin, "__name__", ""), None) is not twin:
-        raise ValueError(f"kernels.registry: expected an eager twin from kernels/reference.py for {name!r}, "
-                         f"got {twin!r}; write the twin first, it is the kernel's specification")
+        raise ValueError(
+            f"kernels.registry: expected an eager twin from kernels/reference.py for {name!r}, "
+            f"got {twin!r}; write the twin first, it is the kernel's specification"
+        )
     if name in REGISTRY:
         raise ValueError(f"kernels.registry: expected a new op name, got {name!r} twice; pick another name")
     REGISTRY[name] = KernelPair(name, fast, twin, has_backward)

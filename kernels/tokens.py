@@ -44,9 +44,10 @@ Design notes:
   exact on both the interpreter and the GPU.
 - Written for torch 2.11-2.13 and Triton 3.6-3.7: no block pointers, no tensor descriptors.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import triton
@@ -56,8 +57,14 @@ from kernels import reference
 from kernels._launch import use_triton
 
 __all__ = [
-    "CHECK_IDS", "token_gather", "token_gather_many", "token_restore",
-    "token_gather_forward", "token_gather_backward", "token_restore_forward", "token_restore_backward",
+    "CHECK_IDS",
+    "token_gather",
+    "token_gather_many",
+    "token_restore",
+    "token_gather_forward",
+    "token_gather_backward",
+    "token_restore_forward",
+    "token_restore_backward",
 ]
 
 CHECK_IDS = True
@@ -121,9 +128,21 @@ def _lookup_positions(ids_row_ptr, ids_stride_k, positions, K, BLOCK_ROWS: tl.co
 
 
 @triton.jit
-def _copy_gathered_rows(src_ptr, src_stride_b, src_stride_l, src_stride_d,
-                        dst_ptr, dst_stride_b, dst_stride_k, dst_stride_d,
-                        batch, ids, slots, cols, tile_mask):
+def _copy_gathered_rows(
+    src_ptr,
+    src_stride_b,
+    src_stride_l,
+    src_stride_d,
+    dst_ptr,
+    dst_stride_b,
+    dst_stride_k,
+    dst_stride_d,
+    batch,
+    ids,
+    slots,
+    cols,
+    tile_mask,
+):
     src = src_ptr + batch * src_stride_b + ids * src_stride_l
     values = tl.load(src[:, None] + cols[None, :] * src_stride_d, mask=tile_mask)
     dst = dst_ptr + batch * dst_stride_b + slots * dst_stride_k
@@ -132,15 +151,39 @@ def _copy_gathered_rows(src_ptr, src_stride_b, src_stride_l, src_stride_d,
 
 @triton.jit
 def _gather_rows_kernel(
-    ids_ptr, ids_stride_b, ids_stride_k,
-    src0_ptr, src0_stride_b, src0_stride_l, src0_stride_d,
-    src1_ptr, src1_stride_b, src1_stride_l, src1_stride_d,
-    src2_ptr, src2_stride_b, src2_stride_l, src2_stride_d,
-    dst0_ptr, dst0_stride_b, dst0_stride_k, dst0_stride_d,
-    dst1_ptr, dst1_stride_b, dst1_stride_k, dst1_stride_d,
-    dst2_ptr, dst2_stride_b, dst2_stride_k, dst2_stride_d,
-    num_rows, K, D,
-    NUM_TENSORS: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+    ids_ptr,
+    ids_stride_b,
+    ids_stride_k,
+    src0_ptr,
+    src0_stride_b,
+    src0_stride_l,
+    src0_stride_d,
+    src1_ptr,
+    src1_stride_b,
+    src1_stride_l,
+    src1_stride_d,
+    src2_ptr,
+    src2_stride_b,
+    src2_stride_l,
+    src2_stride_d,
+    dst0_ptr,
+    dst0_stride_b,
+    dst0_stride_k,
+    dst0_stride_d,
+    dst1_ptr,
+    dst1_stride_b,
+    dst1_stride_k,
+    dst1_stride_d,
+    dst2_ptr,
+    dst2_stride_b,
+    dst2_stride_k,
+    dst2_stride_d,
+    num_rows,
+    K,
+    D,
+    NUM_TENSORS: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """dst_i[b, k, :] = src_i[b, ids[b, k], :] for up to three tensors.
 
@@ -152,20 +195,75 @@ def _gather_rows_kernel(
     slots = rows % K
     ids = tl.load(ids_ptr + batch * ids_stride_b + slots * ids_stride_k, mask=row_ok, other=0)
     tile_mask = row_ok[:, None] & (cols < D)[None, :]
-    _copy_gathered_rows(src0_ptr, src0_stride_b, src0_stride_l, src0_stride_d,
-                        dst0_ptr, dst0_stride_b, dst0_stride_k, dst0_stride_d, batch, ids, slots, cols, tile_mask)
+    _copy_gathered_rows(
+        src0_ptr,
+        src0_stride_b,
+        src0_stride_l,
+        src0_stride_d,
+        dst0_ptr,
+        dst0_stride_b,
+        dst0_stride_k,
+        dst0_stride_d,
+        batch,
+        ids,
+        slots,
+        cols,
+        tile_mask,
+    )
     if NUM_TENSORS > 1:
-        _copy_gathered_rows(src1_ptr, src1_stride_b, src1_stride_l, src1_stride_d,
-                            dst1_ptr, dst1_stride_b, dst1_stride_k, dst1_stride_d, batch, ids, slots, cols, tile_mask)
+        _copy_gathered_rows(
+            src1_ptr,
+            src1_stride_b,
+            src1_stride_l,
+            src1_stride_d,
+            dst1_ptr,
+            dst1_stride_b,
+            dst1_stride_k,
+            dst1_stride_d,
+            batch,
+            ids,
+            slots,
+            cols,
+            tile_mask,
+        )
     if NUM_TENSORS > 2:
-        _copy_gathered_rows(src2_ptr, src2_stride_b, src2_stride_l, src2_stride_d,
-                            dst2_ptr, dst2_stride_b, dst2_stride_k, dst2_stride_d, batch, ids, slots, cols, tile_mask)
+        _copy_gathered_rows(
+            src2_ptr,
+            src2_stride_b,
+            src2_stride_l,
+            src2_stride_d,
+            dst2_ptr,
+            dst2_stride_b,
+            dst2_stride_k,
+            dst2_stride_d,
+            batch,
+            ids,
+            slots,
+            cols,
+            tile_mask,
+        )
 
 
 @triton.jit
-def _place_rows(src_ptr, src_stride_b, src_stride_k, src_stride_d,
-                dst_ptr, dst_stride_b, dst_stride_l, dst_stride_d,
-                fill_ptr, fill_stride, batch, positions, slots, cols, tile_mask, col_ok, HAS_FILL: tl.constexpr):
+def _place_rows(
+    src_ptr,
+    src_stride_b,
+    src_stride_k,
+    src_stride_d,
+    dst_ptr,
+    dst_stride_b,
+    dst_stride_l,
+    dst_stride_d,
+    fill_ptr,
+    fill_stride,
+    batch,
+    positions,
+    slots,
+    cols,
+    tile_mask,
+    col_ok,
+    HAS_FILL: tl.constexpr,
+):
     kept = slots >= 0
     src = src_ptr + batch * src_stride_b + slots * src_stride_k
     values = tl.load(src[:, None] + cols[None, :] * src_stride_d, mask=tile_mask & kept[:, None], other=0.0)
@@ -179,17 +277,44 @@ def _place_rows(src_ptr, src_stride_b, src_stride_k, src_stride_d,
 
 @triton.jit
 def _place_rows_kernel(
-    ids_ptr, ids_stride_b, ids_stride_k,
-    src0_ptr, src0_stride_b, src0_stride_k, src0_stride_d,
-    src1_ptr, src1_stride_b, src1_stride_k, src1_stride_d,
-    src2_ptr, src2_stride_b, src2_stride_k, src2_stride_d,
-    dst0_ptr, dst0_stride_b, dst0_stride_l, dst0_stride_d,
-    dst1_ptr, dst1_stride_b, dst1_stride_l, dst1_stride_d,
-    dst2_ptr, dst2_stride_b, dst2_stride_l, dst2_stride_d,
-    fill_ptr, fill_stride,
-    L, K, D, blocks_per_row,
-    NUM_TENSORS: tl.constexpr, HAS_FILL: tl.constexpr,
-    BLOCK_ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    ids_ptr,
+    ids_stride_b,
+    ids_stride_k,
+    src0_ptr,
+    src0_stride_b,
+    src0_stride_k,
+    src0_stride_d,
+    src1_ptr,
+    src1_stride_b,
+    src1_stride_k,
+    src1_stride_d,
+    src2_ptr,
+    src2_stride_b,
+    src2_stride_k,
+    src2_stride_d,
+    dst0_ptr,
+    dst0_stride_b,
+    dst0_stride_l,
+    dst0_stride_d,
+    dst1_ptr,
+    dst1_stride_b,
+    dst1_stride_l,
+    dst1_stride_d,
+    dst2_ptr,
+    dst2_stride_b,
+    dst2_stride_l,
+    dst2_stride_d,
+    fill_ptr,
+    fill_stride,
+    L,
+    K,
+    D,
+    blocks_per_row,
+    NUM_TENSORS: tl.constexpr,
+    HAS_FILL: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """dst_i[b, l, :] = src_i[b, k, :] where ids[b, k] == l, else the fill row (or 0) — every element written.
 
@@ -201,24 +326,89 @@ def _place_rows_kernel(
     col_ok = cols < D
     tile_mask = (positions < L)[:, None] & col_ok[None, :]
     slots = _lookup_positions(ids_ptr + batch * ids_stride_b, ids_stride_k, positions, K, BLOCK_ROWS, BLOCK_K)
-    _place_rows(src0_ptr, src0_stride_b, src0_stride_k, src0_stride_d, dst0_ptr, dst0_stride_b, dst0_stride_l,
-                dst0_stride_d, fill_ptr, fill_stride, batch, positions, slots, cols, tile_mask, col_ok, HAS_FILL)
+    _place_rows(
+        src0_ptr,
+        src0_stride_b,
+        src0_stride_k,
+        src0_stride_d,
+        dst0_ptr,
+        dst0_stride_b,
+        dst0_stride_l,
+        dst0_stride_d,
+        fill_ptr,
+        fill_stride,
+        batch,
+        positions,
+        slots,
+        cols,
+        tile_mask,
+        col_ok,
+        HAS_FILL,
+    )
     if NUM_TENSORS > 1:
-        _place_rows(src1_ptr, src1_stride_b, src1_stride_k, src1_stride_d, dst1_ptr, dst1_stride_b, dst1_stride_l,
-                    dst1_stride_d, fill_ptr, fill_stride, batch, positions, slots, cols, tile_mask, col_ok, HAS_FILL)
+        _place_rows(
+            src1_ptr,
+            src1_stride_b,
+            src1_stride_k,
+            src1_stride_d,
+            dst1_ptr,
+            dst1_stride_b,
+            dst1_stride_l,
+            dst1_stride_d,
+            fill_ptr,
+            fill_stride,
+            batch,
+            positions,
+            slots,
+            cols,
+            tile_mask,
+            col_ok,
+            HAS_FILL,
+        )
     if NUM_TENSORS > 2:
-        _place_rows(src2_ptr, src2_stride_b, src2_stride_k, src2_stride_d, dst2_ptr, dst2_stride_b, dst2_stride_l,
-                    dst2_stride_d, fill_ptr, fill_stride, batch, positions, slots, cols, tile_mask, col_ok, HAS_FILL)
+        _place_rows(
+            src2_ptr,
+            src2_stride_b,
+            src2_stride_k,
+            src2_stride_d,
+            dst2_ptr,
+            dst2_stride_b,
+            dst2_stride_l,
+            dst2_stride_d,
+            fill_ptr,
+            fill_stride,
+            batch,
+            positions,
+            slots,
+            cols,
+            tile_mask,
+            col_ok,
+            HAS_FILL,
+        )
 
 
 @triton.jit
 def _restore_backward_kernel(
-    ids_ptr, ids_stride_b, ids_stride_k,
-    grad_ptr, grad_stride_b, grad_stride_l, grad_stride_d,
-    visible_grad_ptr, visible_stride_b, visible_stride_k, visible_stride_d,
+    ids_ptr,
+    ids_stride_b,
+    ids_stride_k,
+    grad_ptr,
+    grad_stride_b,
+    grad_stride_l,
+    grad_stride_d,
+    visible_grad_ptr,
+    visible_stride_b,
+    visible_stride_k,
+    visible_stride_d,
     partial_ptr,
-    L, K, D, chunks_per_row, blocks_per_chunk,
-    BLOCK_ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    L,
+    K,
+    D,
+    chunks_per_row,
+    blocks_per_chunk,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Stage 1 of the restore backward, one pass over the output gradient [B,L,D]:
     visible_grad[b, k] = grad[b, ids[b, k]] (exact copies), and partial[p, :] = fp32 sum of grad[b, l, :]
@@ -277,8 +467,13 @@ def _check_tensor(op: str, name: str, t, rank: int, shape_text: str, hint: str) 
 
 def _check_float(op: str, name: str, t: torch.Tensor) -> None:
     if t.dtype not in _FLOAT_DTYPES:
-        _fail(op, f"{name} of dtype float32, bfloat16 or float16", str(t.dtype), f"convert with {name}.float()",
-              KernelDtypeError)
+        _fail(
+            op,
+            f"{name} of dtype float32, bfloat16 or float16",
+            str(t.dtype),
+            f"convert with {name}.float()",
+            KernelDtypeError,
+        )
 
 
 def _check_ids(op: str, ids_keep_BK, batch: int, device: torch.device) -> None:
@@ -286,11 +481,19 @@ def _check_ids(op: str, ids_keep_BK, batch: int, device: torch.device) -> None:
     if ids_keep_BK.dtype != torch.int64:
         _fail(op, "ids_keep of dtype int64", str(ids_keep_BK.dtype), "use ids_keep.long()", KernelDtypeError)
     if ids_keep_BK.shape[0] != batch:
-        _fail(op, f"ids_keep of shape [{batch},K] (one row per batch element)", f"shape {tuple(ids_keep_BK.shape)}",
-              "pass ids_keep from sort_stride_mask for the same batch")
+        _fail(
+            op,
+            f"ids_keep of shape [{batch},K] (one row per batch element)",
+            f"shape {tuple(ids_keep_BK.shape)}",
+            "pass ids_keep from sort_stride_mask for the same batch",
+        )
     if ids_keep_BK.device != device:
-        _fail(op, f"ids_keep on the tokens' device {device}", f"device {ids_keep_BK.device}",
-              "move both to one device, e.g. ids_keep.to(tokens.device)")
+        _fail(
+            op,
+            f"ids_keep on the tokens' device {device}",
+            f"device {ids_keep_BK.device}",
+            "move both to one device, e.g. ids_keep.to(tokens.device)",
+        )
 
 
 def _check_ids_values(op: str, ids_keep_BK: torch.Tensor, num_patches: int, check_ids: bool | None) -> None:
@@ -307,11 +510,19 @@ def _check_ids_values(op: str, ids_keep_BK: torch.Tensor, num_patches: int, chec
         values = ordered[row]
         low, high = int(values[0]), int(values[-1])
         if low < 0 or high >= num_patches:
-            _fail(op, f"ids_keep values in [0, {num_patches})", f"values in [{low}, {high}] (row {row})",
-                  "ids_keep must index the L patches of the grid; check num_patches and the mask")
+            _fail(
+                op,
+                f"ids_keep values in [0, {num_patches})",
+                f"values in [{low}, {high}] (row {row})",
+                "ids_keep must index the L patches of the grid; check num_patches and the mask",
+            )
         repeated = int(values[1:][values[1:] == values[:-1]][0])
-        _fail(op, "distinct ids_keep values in each row", f"{repeated} twice in row {row}",
-              "each visible patch must be kept once; use ids_keep from sort_stride_mask")
+        _fail(
+            op,
+            "distinct ids_keep values in each row",
+            f"{repeated} twice in row {row}",
+            "each visible patch must be kept once; use ids_keep from sort_stride_mask",
+        )
 
 
 def _validate_gather(op: str, tensors_BLD: Sequence[torch.Tensor], ids_keep_BK) -> None:
@@ -321,36 +532,61 @@ def _validate_gather(op: str, tensors_BLD: Sequence[torch.Tensor], ids_keep_BK) 
         _check_tensor(op, "tokens", t, 3, "[B,L,D]", "flatten the spatial grid first: x.flatten(2).transpose(1, 2)")
         _check_float(op, "tokens", t)
         if t.device != first.device:
-            _fail(op, f"every tensor on one device ({first.device})", f"device {t.device}",
-                  "move the tensors to one device")
+            _fail(
+                op,
+                f"every tensor on one device ({first.device})",
+                f"device {t.device}",
+                "move the tensors to one device",
+            )
     _check_ids(op, ids_keep_BK, first.shape[0], first.device)
     for t in tensors_BLD:
         if t.shape[0] != first.shape[0]:
-            _fail(op, f"every tensor with batch size {first.shape[0]}", f"shape {tuple(t.shape)}",
-                  "gather tensors of the same batch")
+            _fail(
+                op,
+                f"every tensor with batch size {first.shape[0]}",
+                f"shape {tuple(t.shape)}",
+                "gather tensors of the same batch",
+            )
         if t.shape[1] < ids_keep_BK.shape[1]:
-            _fail(op, f"at least K = {ids_keep_BK.shape[1]} tokens per row", f"L = {t.shape[1]}",
-                  "ids_keep has more columns than the tensor has tokens")
+            _fail(
+                op,
+                f"at least K = {ids_keep_BK.shape[1]} tokens per row",
+                f"L = {t.shape[1]}",
+                "ids_keep has more columns than the tensor has tokens",
+            )
 
 
 def _validate_restore(op: str, visible_BKD, mask_token_D, ids_keep_BK, num_patches) -> None:
     _check_tensor(op, "visible", visible_BKD, 3, "[B,K,D]", "pass the visible tokens [B,K,D]")
     _check_float(op, "visible", visible_BKD)
     if not isinstance(mask_token_D, torch.Tensor):
-        _fail(op, "mask_token as a torch.Tensor", type(mask_token_D).__name__, "pass the mask token parameter",
-              TypeError)
+        _fail(
+            op, "mask_token as a torch.Tensor", type(mask_token_D).__name__, "pass the mask token parameter", TypeError
+        )
     _check_float(op, "mask_token", mask_token_D)
     B, K, D = visible_BKD.shape
     if mask_token_D.numel() != D:
-        _fail(op, f"a mask token with D = {D} elements", f"shape {tuple(mask_token_D.shape)}",
-              "the mask token must have the decoder width, e.g. shape [1,1,D]")
+        _fail(
+            op,
+            f"a mask token with D = {D} elements",
+            f"shape {tuple(mask_token_D.shape)}",
+            "the mask token must have the decoder width, e.g. shape [1,1,D]",
+        )
     if mask_token_D.device != visible_BKD.device:
-        _fail(op, f"mask_token on the visible tokens' device {visible_BKD.device}", f"device {mask_token_D.device}",
-              "move both to one device")
+        _fail(
+            op,
+            f"mask_token on the visible tokens' device {visible_BKD.device}",
+            f"device {mask_token_D.device}",
+            "move both to one device",
+        )
     _check_ids(op, ids_keep_BK, B, visible_BKD.device)
     if ids_keep_BK.shape[1] != K:
-        _fail(op, f"ids_keep of shape [{B},{K}] (one id per visible token)", f"shape {tuple(ids_keep_BK.shape)}",
-              "pass the ids_keep that gathered these visible tokens")
+        _fail(
+            op,
+            f"ids_keep of shape [{B},{K}] (one id per visible token)",
+            f"shape {tuple(ids_keep_BK.shape)}",
+            "pass the ids_keep that gathered these visible tokens",
+        )
     if isinstance(num_patches, bool) or not isinstance(num_patches, int):
         _fail(op, "num_patches as an int", type(num_patches).__name__, "pass L = h*w of the patch grid", TypeError)
     if num_patches < K:
@@ -360,11 +596,19 @@ def _validate_restore(op: str, visible_BKD, mask_token_D, ids_keep_BK, num_patch
 def _check_out(op: str, name: str, out, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if out is None:
         return torch.empty(shape, dtype=dtype, device=device)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(shape) or out.dtype != dtype \
-            or out.device != device:
+    if (
+        not isinstance(out, torch.Tensor)
+        or tuple(out.shape) != tuple(shape)
+        or out.dtype != dtype
+        or out.device != device
+    ):
         got = f"{tuple(out.shape)} {out.dtype} on {out.device}" if isinstance(out, torch.Tensor) else type(out).__name__
-        _fail(op, f"{name} of shape {tuple(shape)}, dtype {dtype}, on {device}", got,
-              "pass out=None to allocate it, or a tensor of exactly that shape, dtype and device")
+        _fail(
+            op,
+            f"{name} of shape {tuple(shape)}, dtype {dtype}, on {device}",
+            got,
+            "pass out=None to allocate it, or a tensor of exactly that shape, dtype and device",
+        )
     return out
 
 
@@ -388,26 +632,39 @@ def _stride_args(tensors: list[torch.Tensor]) -> list:
 # ---------------------------------------------------------------------------------------------
 # Launchers (validate, allocate or check out=, launch once)
 # ---------------------------------------------------------------------------------------------
-def token_gather_forward(tensors_BLD: Sequence[torch.Tensor], ids_keep_BK: torch.Tensor,
-                         out: Sequence[torch.Tensor] | None = None, *,
-                         check_ids: bool | None = None) -> tuple[torch.Tensor, ...]:
+def token_gather_forward(
+    tensors_BLD: Sequence[torch.Tensor],
+    ids_keep_BK: torch.Tensor,
+    out: Sequence[torch.Tensor] | None = None,
+    *,
+    check_ids: bool | None = None,
+) -> tuple[torch.Tensor, ...]:
     """One launch: ``out_i[b, k] = tensors_i[b, ids_keep[b, k]]`` for 1 to 3 tensors of one shape and dtype.
 
     ``out``: optional outputs ([B,K,D] each, any strides); every element is written."""
     op = "token_gather"
     tensors = list(tensors_BLD)
     if not 1 <= len(tensors) <= MAX_TENSORS_PER_LAUNCH:
-        _fail(op, f"1 to {MAX_TENSORS_PER_LAUNCH} tensors per launch", str(len(tensors)),
-              "use token_gather_many, which groups them")
+        _fail(
+            op,
+            f"1 to {MAX_TENSORS_PER_LAUNCH} tensors per launch",
+            str(len(tensors)),
+            "use token_gather_many, which groups them",
+        )
     _validate_gather(op, tensors, ids_keep_BK)
     first = tensors[0]
     if any(t.shape != first.shape or t.dtype != first.dtype for t in tensors):
-        _fail(op, "tensors of one shape and dtype in one launch", str([(tuple(t.shape), t.dtype) for t in tensors]),
-              "use token_gather_many, which launches once per group of equal tensors")
+        _fail(
+            op,
+            "tensors of one shape and dtype in one launch",
+            str([(tuple(t.shape), t.dtype) for t in tensors]),
+            "use token_gather_many, which launches once per group of equal tensors",
+        )
     B, L, D = first.shape
     K = ids_keep_BK.shape[1]
-    outs = [_check_out(op, "out", o, (B, K, D), first.dtype, first.device)
-            for o in _check_out_list(op, out, len(tensors))]
+    outs = [
+        _check_out(op, "out", o, (B, K, D), first.dtype, first.device) for o in _check_out_list(op, out, len(tensors))
+    ]
     _check_ids_values(op, ids_keep_BK, L, check_ids)
     if not _use_triton(first):
         for o, t in zip(outs, tensors):
@@ -418,17 +675,30 @@ def token_gather_forward(tensors_BLD: Sequence[torch.Tensor], ids_keep_BK: torch
     block_rows, block_d, num_warps = _config(D)
     grid = (triton.cdiv(B * K, block_rows), triton.cdiv(D, block_d))
     _gather_rows_kernel[grid](
-        ids_keep_BK, ids_keep_BK.stride(0), ids_keep_BK.stride(1),
-        *_stride_args(tensors), *_stride_args(outs),
-        B * K, K, D,
-        NUM_TENSORS=len(tensors), BLOCK_ROWS=block_rows, BLOCK_D=block_d, num_warps=num_warps,
+        ids_keep_BK,
+        ids_keep_BK.stride(0),
+        ids_keep_BK.stride(1),
+        *_stride_args(tensors),
+        *_stride_args(outs),
+        B * K,
+        K,
+        D,
+        NUM_TENSORS=len(tensors),
+        BLOCK_ROWS=block_rows,
+        BLOCK_D=block_d,
+        num_warps=num_warps,
     )
     return tuple(outs)
 
 
-def token_gather_backward(grads_BKD: Sequence[torch.Tensor], ids_keep_BK: torch.Tensor, num_patches: int,
-                          out: Sequence[torch.Tensor] | None = None, *,
-                          check_ids: bool | None = None) -> tuple[torch.Tensor, ...]:
+def token_gather_backward(
+    grads_BKD: Sequence[torch.Tensor],
+    ids_keep_BK: torch.Tensor,
+    num_patches: int,
+    out: Sequence[torch.Tensor] | None = None,
+    *,
+    check_ids: bool | None = None,
+) -> tuple[torch.Tensor, ...]:
     """One launch: [B,K,D] gradients -> [B,L,D], ``out_i[b, ids_keep[b, k]] = grads_i[b, k]``, exact 0 elsewhere."""
     op = "token_gather_backward"
     grads = list(grads_BKD)
@@ -438,12 +708,18 @@ def token_gather_backward(grads_BKD: Sequence[torch.Tensor], ids_keep_BK: torch.
     first = grads[0]
     B, K, D = first.shape
     if any(g.shape != first.shape or g.dtype != first.dtype for g in grads) or K != ids_keep_BK.shape[1]:
-        _fail(op, f"gradients of one shape [B,{ids_keep_BK.shape[1]},D] and dtype",
-              str([(tuple(g.shape), g.dtype) for g in grads]), "pass the gradients of one token_gather launch")
+        _fail(
+            op,
+            f"gradients of one shape [B,{ids_keep_BK.shape[1]},D] and dtype",
+            str([(tuple(g.shape), g.dtype) for g in grads]),
+            "pass the gradients of one token_gather launch",
+        )
     if num_patches < K:
         _fail(op, f"num_patches >= K = {K}", str(num_patches), "pass L of the gathered tensors")
-    outs = [_check_out(op, "out", o, (B, num_patches, D), first.dtype, first.device)
-            for o in _check_out_list(op, out, len(grads))]
+    outs = [
+        _check_out(op, "out", o, (B, num_patches, D), first.dtype, first.device)
+        for o in _check_out_list(op, out, len(grads))
+    ]
     _check_ids_values(op, ids_keep_BK, num_patches, check_ids)
     if not _use_triton(first):
         index = ids_keep_BK.unsqueeze(-1).expand(-1, -1, D)
@@ -456,19 +732,36 @@ def token_gather_backward(grads_BKD: Sequence[torch.Tensor], ids_keep_BK: torch.
     blocks_per_row = triton.cdiv(num_patches, block_rows)
     grid = (B * blocks_per_row, triton.cdiv(D, block_d))
     _place_rows_kernel[grid](
-        ids_keep_BK, ids_keep_BK.stride(0), ids_keep_BK.stride(1),
-        *_stride_args(grads), *_stride_args(outs),
-        outs[0], 0,  # no fill: unused
-        num_patches, K, D, blocks_per_row,
-        NUM_TENSORS=len(grads), HAS_FILL=False,
-        BLOCK_ROWS=block_rows, BLOCK_K=_BLOCK_K, BLOCK_D=block_d, num_warps=num_warps,
+        ids_keep_BK,
+        ids_keep_BK.stride(0),
+        ids_keep_BK.stride(1),
+        *_stride_args(grads),
+        *_stride_args(outs),
+        outs[0],
+        0,  # no fill: unused
+        num_patches,
+        K,
+        D,
+        blocks_per_row,
+        NUM_TENSORS=len(grads),
+        HAS_FILL=False,
+        BLOCK_ROWS=block_rows,
+        BLOCK_K=_BLOCK_K,
+        BLOCK_D=block_d,
+        num_warps=num_warps,
     )
     return tuple(outs)
 
 
-def token_restore_forward(visible_BKD: torch.Tensor, mask_token_D: torch.Tensor, ids_keep_BK: torch.Tensor,
-                          num_patches: int, out: torch.Tensor | None = None, *,
-                          check_ids: bool | None = None) -> torch.Tensor:
+def token_restore_forward(
+    visible_BKD: torch.Tensor,
+    mask_token_D: torch.Tensor,
+    ids_keep_BK: torch.Tensor,
+    num_patches: int,
+    out: torch.Tensor | None = None,
+    *,
+    check_ids: bool | None = None,
+) -> torch.Tensor:
     """One launch: [B,L,D] with the visible rows at ``ids_keep`` and the mask token (rounded to the visible
     dtype, nearest-even) everywhere else."""
     op = "token_restore"
@@ -485,19 +778,35 @@ def token_restore_forward(visible_BKD: torch.Tensor, mask_token_D: torch.Tensor,
     blocks_per_row = triton.cdiv(num_patches, block_rows)
     grid = (B * blocks_per_row, triton.cdiv(D, block_d))
     _place_rows_kernel[grid](
-        ids_keep_BK, ids_keep_BK.stride(0), ids_keep_BK.stride(1),
-        *_stride_args([visible_BKD]), *_stride_args([out]),
-        mask_flat, mask_flat.stride(0),
-        num_patches, K, D, blocks_per_row,
-        NUM_TENSORS=1, HAS_FILL=True,
-        BLOCK_ROWS=block_rows, BLOCK_K=_BLOCK_K, BLOCK_D=block_d, num_warps=num_warps,
+        ids_keep_BK,
+        ids_keep_BK.stride(0),
+        ids_keep_BK.stride(1),
+        *_stride_args([visible_BKD]),
+        *_stride_args([out]),
+        mask_flat,
+        mask_flat.stride(0),
+        num_patches,
+        K,
+        D,
+        blocks_per_row,
+        NUM_TENSORS=1,
+        HAS_FILL=True,
+        BLOCK_ROWS=block_rows,
+        BLOCK_K=_BLOCK_K,
+        BLOCK_D=block_d,
+        num_warps=num_warps,
     )
     return out
 
 
-def token_restore_backward(grad_BLD: torch.Tensor, ids_keep_BK: torch.Tensor, mask_dtype: torch.dtype,
-                           out: Sequence[torch.Tensor] | None = None, *,
-                           check_ids: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def token_restore_backward(
+    grad_BLD: torch.Tensor,
+    ids_keep_BK: torch.Tensor,
+    mask_dtype: torch.dtype,
+    out: Sequence[torch.Tensor] | None = None,
+    *,
+    check_ids: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (visible gradient [B,K,D] in the gradient's dtype, mask token gradient [D] in ``mask_dtype``).
 
     The visible gradient is the exact gather at ``ids_keep``; the mask token's is the sum over the masked
@@ -508,8 +817,7 @@ def token_restore_backward(grad_BLD: torch.Tensor, ids_keep_BK: torch.Tensor, ma
     _check_tensor(op, "grad", grad_BLD, 3, "[B,L,D]", "pass the gradient of token_restore's output")
     _check_float(op, "grad", grad_BLD)
     if mask_dtype not in _FLOAT_DTYPES:
-        _fail(op, "mask_dtype float32, bfloat16 or float16", str(mask_dtype), "pass mask_token.dtype",
-              KernelDtypeError)
+        _fail(op, "mask_dtype float32, bfloat16 or float16", str(mask_dtype), "pass mask_token.dtype", KernelDtypeError)
     _check_ids(op, ids_keep_BK, grad_BLD.shape[0], grad_BLD.device)
     B, L, D = grad_BLD.shape
     K = ids_keep_BK.shape[1]
@@ -535,17 +843,38 @@ def token_restore_backward(grad_BLD: torch.Tensor, ids_keep_BK: torch.Tensor, ma
     num_partials = B * chunks_per_row
     partial = torch.empty(num_partials, D, dtype=torch.float32, device=grad_BLD.device)
     _restore_backward_kernel[(num_partials, triton.cdiv(D, block_d))](
-        ids_keep_BK, ids_keep_BK.stride(0), ids_keep_BK.stride(1),
-        grad_BLD, grad_BLD.stride(0), grad_BLD.stride(1), grad_BLD.stride(2),
-        out_visible, out_visible.stride(0), out_visible.stride(1), out_visible.stride(2),
+        ids_keep_BK,
+        ids_keep_BK.stride(0),
+        ids_keep_BK.stride(1),
+        grad_BLD,
+        grad_BLD.stride(0),
+        grad_BLD.stride(1),
+        grad_BLD.stride(2),
+        out_visible,
+        out_visible.stride(0),
+        out_visible.stride(1),
+        out_visible.stride(2),
         partial,
-        L, K, D, chunks_per_row, blocks_per_chunk,
-        BLOCK_ROWS=block_rows, BLOCK_K=_BLOCK_K, BLOCK_D=block_d, num_warps=num_warps,
+        L,
+        K,
+        D,
+        chunks_per_row,
+        blocks_per_chunk,
+        BLOCK_ROWS=block_rows,
+        BLOCK_K=_BLOCK_K,
+        BLOCK_D=block_d,
+        num_warps=num_warps,
     )
     sum_block_d = min(triton.next_power_of_2(D), 64)
     _sum_partials_kernel[(triton.cdiv(D, sum_block_d),)](
-        partial, out_mask, out_mask.stride(0), num_partials, D,
-        BLOCK_P=_BLOCK_PARTIALS, BLOCK_D=sum_block_d, num_warps=4,
+        partial,
+        out_mask,
+        out_mask.stride(0),
+        num_partials,
+        D,
+        BLOCK_P=_BLOCK_PARTIALS,
+        BLOCK_D=sum_block_d,
+        num_warps=4,
     )
     return out_visible, out_mask
 
@@ -574,8 +903,9 @@ def _(grads, ids_keep, num_patches):
 
 
 @torch.library.custom_op("infmae::token_restore_fwd", mutates_args=())
-def _restore_fwd_op(visible: torch.Tensor, mask_token: torch.Tensor, ids_keep: torch.Tensor,
-                    num_patches: int) -> torch.Tensor:
+def _restore_fwd_op(
+    visible: torch.Tensor, mask_token: torch.Tensor, ids_keep: torch.Tensor, num_patches: int
+) -> torch.Tensor:
     return token_restore_forward(visible, mask_token, ids_keep, num_patches)
 
 
@@ -585,15 +915,18 @@ def _(visible, mask_token, ids_keep, num_patches):
 
 
 @torch.library.custom_op("infmae::token_restore_bwd", mutates_args=())
-def _restore_bwd_op(grad: torch.Tensor, ids_keep: torch.Tensor,
-                    mask_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _restore_bwd_op(
+    grad: torch.Tensor, ids_keep: torch.Tensor, mask_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     return token_restore_backward(grad, ids_keep, mask_dtype, check_ids=False)  # checked by the forward
 
 
 @_restore_bwd_op.register_fake
 def _(grad, ids_keep, mask_dtype):
-    return (grad.new_empty(grad.shape[0], ids_keep.shape[1], grad.shape[2]),
-            grad.new_empty(grad.shape[2], dtype=mask_dtype))
+    return (
+        grad.new_empty(grad.shape[0], ids_keep.shape[1], grad.shape[2]),
+        grad.new_empty(grad.shape[2], dtype=mask_dtype),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -627,8 +960,12 @@ class _TokenRestore(torch.autograd.Function):
     def backward(ctx, grad_BLD):
         (ids_keep_BK,) = ctx.saved_tensors
         grad_visible, grad_mask = _restore_bwd_op(grad_BLD, ids_keep_BK, ctx.mask_dtype)
-        return (grad_visible if ctx.needs_input_grad[0] else None,
-                grad_mask.view(ctx.mask_shape) if ctx.needs_input_grad[1] else None, None, None)
+        return (
+            grad_visible if ctx.needs_input_grad[0] else None,
+            grad_mask.view(ctx.mask_shape) if ctx.needs_input_grad[1] else None,
+            None,
+            None,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -647,8 +984,13 @@ def token_gather_many(tensors_BLD: Sequence[torch.Tensor], ids_keep_BK: torch.Te
     a tensor that differs from the others gets launches of its own (the documented fallback)."""
     op = "token_gather_many"
     if not isinstance(tensors_BLD, (list, tuple)):
-        _fail(op, "a list or tuple of [B,L,D] tensors", type(tensors_BLD).__name__, "wrap a single tensor in a list",
-              TypeError)
+        _fail(
+            op,
+            "a list or tuple of [B,L,D] tensors",
+            type(tensors_BLD).__name__,
+            "wrap a single tensor in a list",
+            TypeError,
+        )
     tensors = list(tensors_BLD)
     if not tensors:
         return ()
@@ -669,8 +1011,9 @@ def token_gather_many(tensors_BLD: Sequence[torch.Tensor], ids_keep_BK: torch.Te
     return tuple(results)
 
 
-def token_restore(visible_BKD: torch.Tensor, mask_token_D: torch.Tensor, ids_keep_BK: torch.Tensor,
-                  num_patches: int) -> torch.Tensor:
+def token_restore(
+    visible_BKD: torch.Tensor, mask_token_D: torch.Tensor, ids_keep_BK: torch.Tensor, num_patches: int
+) -> torch.Tensor:
     """Place visible tokens at ``ids_keep`` and the mask token everywhere else: -> [B,L,D].
 
     visible_BKD: [B,K,D]; mask_token_D: any shape with D elements (e.g. [1,1,D]), cast to the visible dtype.

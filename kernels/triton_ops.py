@@ -2,6 +2,7 @@
 
 Importing this module needs Triton; the model's kernel switch imports it only where Triton can run.
 """
+
 from __future__ import annotations
 
 from kernels import reference
@@ -18,8 +19,14 @@ register("token_gather_many", token_gather_many, reference.token_gather_many, ha
 register("token_restore", token_restore, reference.token_restore, has_backward=True)
 register("depthwise_conv5x5_tiles", depthwise_conv5x5_tiles, reference.depthwise_conv5x5_tiles, has_backward=True)
 
-__all__ = ["intensity_pool", "sort_stride_mask", "token_gather", "token_gather_many", "token_restore",
-           "depthwise_conv5x5_tiles"]
+__all__ = [
+    "intensity_pool",
+    "sort_stride_mask",
+    "token_gather",
+    "token_gather_many",
+    "token_restore",
+    "depthwise_conv5x5_tiles",
+]
 
 
 def masking_path(imgs_BCHW, weight, bias, stride, order="descending", grid_hw=None):

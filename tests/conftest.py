@@ -1,5 +1,6 @@
 """Test setup. TRITON_INTERPRET must be set before any Triton kernel is defined, so it is set here,
 at import time, before the test modules import ``kernels``."""
+
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -13,8 +14,11 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "kernel_device: runs on KERNEL_DEVICE (the GPU when the interpreter is "
-                                       "off and CUDA is there; see tests/device.py)")
+    config.addinivalue_line(
+        "markers",
+        "kernel_device: runs on KERNEL_DEVICE (the GPU when the interpreter is "
+        "off and CUDA is there; see tests/device.py)",
+    )
 
 
 def _on_kernel_device(request) -> bool:

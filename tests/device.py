@@ -9,6 +9,7 @@ Modules marked ``kernel_device`` then create their tensors on ``KERNEL_DEVICE`` 
 the default device and draws the ``generator`` fixture there). Without this, a GPU run would hand the
 launchers CPU tensors, which go to the eager twin: twin against twin, a test that cannot fail.
 """
+
 import os
 
 import pytest
@@ -18,5 +19,6 @@ KERNEL_DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_I
 
 # Tests of the CPU launch rule (interpreter -> kernel, no interpreter -> twin): a CUDA tensor always
 # launches the kernel, so on the GPU run there is nothing for them to check.
-cpu_dispatch_only = pytest.mark.skipif(KERNEL_DEVICE != "cpu",
-                                       reason="checks the CPU launch rule; CUDA tensors always launch the kernel")
+cpu_dispatch_only = pytest.mark.skipif(
+    KERNEL_DEVICE != "cpu", reason="checks the CPU launch rule; CUDA tensors always launch the kernel"
+)

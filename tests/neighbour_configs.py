@@ -1,4 +1,5 @@
 """A patch grid on which every neighbour configuration of a visible patch occurs (sparse encoder tests)."""
+
 import torch
 
 

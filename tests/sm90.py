@@ -2,13 +2,13 @@
 
 The interpreter accepts code the compiler rejects, so each kernel test file also compiles its kernel
 this way, in a subprocess without TRITON_INTERPRET (the kernels must be defined compiled there)."""
+
 import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
-
 
 # Prepended to every script: compile_sm90(kernel, pointers, constexprs) compiles one specialisation; the
 # other arguments are i32 scalars (strides and sizes, as Triton specialises them below 2**31).
@@ -40,6 +40,7 @@ def assert_compiles_for_sm90(script: str, cache_dir) -> None:
     # the repository first, then the caller's path (``PYTHONPATH=/other/triton pytest -k sm90`` checks another Triton)
     path = [str(pathlib.Path(__file__).resolve().parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p]
     env.update(TRITON_CACHE_DIR=str(cache_dir), PYTHONPATH=os.pathsep.join(path))
-    result = subprocess.run([sys.executable, "-c", HELPER + script], env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", HELPER + script], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]

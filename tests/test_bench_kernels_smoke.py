@@ -1,4 +1,5 @@
 """bench/bench_kernels.py runs (CPU smoke mode: interpreter, tiny shapes) and covers every registered op."""
+
 import json
 
 from bench import bench_kernels
@@ -23,9 +24,9 @@ def test_masking_path_check_takes_each_paths_own_scores():
 
     from kernels import reference
 
-    scores = torch.tensor([[0.5, 0.25, 0.5 + 2 ** -23, 0.0]])  # ranks 0 and 2 nearly tied
+    scores = torch.tensor([[0.5, 0.25, 0.5 + 2**-23, 0.0]])  # ranks 0 and 2 nearly tied
     nudged = scores.clone()
-    nudged[0, 2] = 0.5 - 2 ** -24  # another summation order: the tie breaks the other way
+    nudged[0, 2] = 0.5 - 2**-24  # another summation order: the tie breaks the other way
     args = (None, None, None, 2, "descending", (2, 2))
     twin_out = (scores, *reference.sort_stride_mask(scores, 2, "descending", (2, 2)))
     own = (nudged, *reference.sort_stride_mask(nudged, 2, "descending", (2, 2)))
@@ -35,9 +36,9 @@ def test_masking_path_check_takes_each_paths_own_scores():
         bench_kernels.check_against_twin("masking_path", "triton", (nudged, *twin_out[1:]), args, twin_out)
     with pytest.raises(AssertionError):  # scores beyond the tolerance
         far = scores + 1e-2
-        bench_kernels.check_against_twin("masking_path", "triton",
-                                         (far, *reference.sort_stride_mask(far, 2, "descending", (2, 2))), args,
-                                         twin_out)
+        bench_kernels.check_against_twin(
+            "masking_path", "triton", (far, *reference.sort_stride_mask(far, 2, "descending", (2, 2))), args, twin_out
+        )
 
 
 def test_timing_runs_without_the_kernel_guards_and_restores_them():
@@ -48,7 +49,11 @@ def test_timing_runs_without_the_kernel_guards_and_restores_them():
     from bench.harness import time_ms
 
     seen = []
-    time_ms(lambda: seen.append((kernels.tokens.CHECK_IDS, kernels.depthwise.CHECK_NEIGHBOURS)),
-            torch.device("cpu"), warmup=1, reps=2)
+    time_ms(
+        lambda: seen.append((kernels.tokens.CHECK_IDS, kernels.depthwise.CHECK_NEIGHBOURS)),
+        torch.device("cpu"),
+        warmup=1,
+        reps=2,
+    )
     assert seen == [(False, False)] * 3
     assert kernels.tokens.CHECK_IDS is True and kernels.depthwise.CHECK_NEIGHBOURS is True

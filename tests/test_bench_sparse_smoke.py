@@ -1,4 +1,5 @@
 """bench/bench_sparse.py runs (CPU smoke): dense and sparse checked equal, timed, executed FLOPs counted."""
+
 import json
 
 from bench import bench_sparse

@@ -1,4 +1,5 @@
 """The `infmae` command: the README's demo end to end, export, visualize."""
+
 import json
 
 import numpy as np
@@ -15,8 +16,23 @@ from infmae.training import checkpoint as ckpt
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("cli") / "run"
-    code = main(["pretrain", "--preset", "demo", "--output", str(run), "--set", "data.synthetic_count=24",
-                 "--set", "train.batch_size=8", "--set", "train.max_steps=2", "--set", "data.num_workers=0"])
+    code = main(
+        [
+            "pretrain",
+            "--preset",
+            "demo",
+            "--output",
+            str(run),
+            "--set",
+            "data.synthetic_count=24",
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            "train.max_steps=2",
+            "--set",
+            "data.num_workers=0",
+        ]
+    )
     assert code == 0
     return run
 

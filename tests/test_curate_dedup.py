@@ -1,5 +1,6 @@
 """infmae curate end to end on a generated collection with planted duplicates (issue 4, bars 1 and 2),
 the anchor rules, the sequence-aware mode, the CLI, and the manifest -> ImageFolderDataset path."""
+
 from __future__ import annotations
 
 import itertools
@@ -17,8 +18,11 @@ from infmae.data.folder import ImageFolderDataset
 from infmae.data.synthetic import make_scene, to_counts16, write_image
 
 HEIGHT, WIDTH = 256, 320
-TINY = {"tiny/t12x12.png": (12, 12, np.uint8), "tiny/t19x19.png": (19, 19, np.uint8),
-        "tiny/t16x5_16bit.tif": (16, 5, np.uint16)}
+TINY = {
+    "tiny/t12x12.png": (12, 12, np.uint8),
+    "tiny/t19x19.png": (19, 19, np.uint8),
+    "tiny/t16x5_16bit.tif": (16, 5, np.uint16),
+}
 CORRUPT = ("bad/truncated.png", "bad/empty.png", "bad/text_not_image.jpg", "bad/truncated16.tif")
 
 
@@ -78,7 +82,9 @@ def build_collection(root: Path, seed: int = 7, groups: int = 12, singles: int =
     truth["single/narrow_19x40.png"] = None  # one side >= 20: kept
     for rel, (height, width, dtype) in TINY.items():
         pixels = make_scene(height, width, rng)
-        write_image(root / rel, to_counts16(pixels, rng) if dtype == np.uint16 else np.round(pixels * 255).astype(np.uint8))
+        write_image(
+            root / rel, to_counts16(pixels, rng) if dtype == np.uint16 else np.round(pixels * 255).astype(np.uint8)
+        )
     (root / "bad").mkdir()
     data = (root / "single/s01.png").read_bytes()
     (root / CORRUPT[0]).write_bytes(data[: len(data) // 2])
@@ -131,8 +137,11 @@ def test_planted_groups_recall_precision(curated):
     # exact copies (re-encoded and byte copy) share the pixel hash; a copy of the anchor is a "duplicate"
     for g in range(12):
         folder = f"cam_{'abc'[g % 3]}"
-        trio = [rows[f"{folder}/scene{g:02d}_orig.png"], rows[f"{folder}/scene{g:02d}_reencoded.tif"],
-                rows[f"copies/{g:02d}_bytecopy.png"]]
+        trio = [
+            rows[f"{folder}/scene{g:02d}_orig.png"],
+            rows[f"{folder}/scene{g:02d}_reencoded.tif"],
+            rows[f"copies/{g:02d}_bytecopy.png"],
+        ]
         assert len({r["sha256"] for r in trio}) == 1
         # two of the three are exact copies of the third ("duplicate"); that one is kept or a near-duplicate
         assert sorted(r["reason"] for r in trio)[:2] == ["duplicate", "duplicate"]
@@ -160,12 +169,30 @@ def test_manifest_contract_and_report(curated):
     src, out, truth, result, rows = curated
     with open(out / "manifest.csv", encoding="utf-8") as handle:
         header = handle.readline().strip().split(",")
-    required = ("path", "status", "reason", "width", "height", "bits", "channels", "entropy", "sha256", "phash",
-                "group", "anchor")
+    required = (
+        "path",
+        "status",
+        "reason",
+        "width",
+        "height",
+        "bits",
+        "channels",
+        "entropy",
+        "sha256",
+        "phash",
+        "group",
+        "anchor",
+    )
     assert all(c in header for c in required) and tuple(header) == MANIFEST_COLUMNS
     assert list(rows) == sorted(rows)
     row = rows["cam_a/scene00_orig.png"]
-    assert (row["width"], row["height"], row["bits"], row["channels"], row["format"]) == ("320", "256", "16", "1", "PNG")
+    assert (row["width"], row["height"], row["bits"], row["channels"], row["format"]) == (
+        "320",
+        "256",
+        "16",
+        "1",
+        "PNG",
+    )
     assert rows["export8/00_copy8.png"]["bits"] == "8"
     report = (out / "report.md").read_text()
     for word in ("unreadable", "too_small", "near_duplicate", "Mean entropy", "16-bit", "TIFF"):
@@ -260,8 +287,25 @@ def test_cli_curate(tmp_path, caplog):
     write_image(tmp_path / "src/a.png", base)
     write_image(tmp_path / "src/b.tif", base)
     write_image(tmp_path / "src/c.png", _scene(rng, 64, 80)[0])
-    assert main(["curate", str(tmp_path / "src"), "-o", str(tmp_path / "out"), "--workers", "1",
-                 "--hamming", "4", "--min-size", "70", "--anchor", "entropy"]) == 0
+    assert (
+        main(
+            [
+                "curate",
+                str(tmp_path / "src"),
+                "-o",
+                str(tmp_path / "out"),
+                "--workers",
+                "1",
+                "--hamming",
+                "4",
+                "--min-size",
+                "70",
+                "--anchor",
+                "entropy",
+            ]
+        )
+        == 0
+    )
     rows = {r["path"]: r for r in read_manifest_rows(tmp_path / "out/manifest.csv")}
     assert [rows[p]["reason"] for p in ("a.png", "b.tif", "c.png")].count("duplicate") == 1
     assert rows["c.png"]["status"] == "keep"

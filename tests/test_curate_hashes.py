@@ -1,5 +1,6 @@
 """Fingerprints of infmae.curate: the 8-bit view, entropy (issue 4, bar 3), pHash, and the
 multi-index-hashing near-duplicate search checked against brute force."""
+
 from __future__ import annotations
 
 import itertools
@@ -131,7 +132,9 @@ def test_near_pairs_any_layout_equals_brute_force(chunks, key_bits):
     distinct = _planted_hashes(7 + chunks)
     layout = _even_layout(chunks, threshold, key_bits)
     assert max(c.radius for c in layout) == {2: 3, 3: 2, 4: 1, 7: 0}[chunks]
-    assert near_pairs(distinct, threshold, layout).tolist() == sorted(map(list, _brute_force_pairs(distinct, threshold)))
+    assert near_pairs(distinct, threshold, layout).tolist() == sorted(
+        map(list, _brute_force_pairs(distinct, threshold))
+    )
     if chunks <= threshold:  # radius 0 everywhere: sum(radius + 1) <= threshold could miss pairs, refused
         with pytest.raises(ValueError, match="sum\\(radius \\+ 1\\)"):
             near_pairs(distinct, threshold, [c._replace(radius=0) for c in layout])
@@ -179,8 +182,9 @@ def test_index_pairs_are_verified_by_the_256_bit_hash(tmp_path):
         dict(base, path="b.png", sha256="bb", phash="00000000000000f3", phash256=hex256(near)),
         dict(base, path="c.png", sha256="cc", phash="00000000000000f1", phash256=hex256(far)),
     ]
-    connection.executemany(f"INSERT INTO files VALUES ({', '.join('?' * len(COLUMNS))})",
-                           [tuple(r[c] for c in COLUMNS) for r in rows])
+    connection.executemany(
+        f"INSERT INTO files VALUES ({', '.join('?' * len(COLUMNS))})", [tuple(r[c] for c in COLUMNS) for r in rows]
+    )
     connection.commit()
     decisions = decide(connection, hamming=6)
     assert decisions.group[0] == decisions.group[1] != "" and decisions.group[2] == ""

@@ -1,6 +1,7 @@
 """Resumable scanning of infmae curate (issue 4, bar 4): an interrupted scan (an exception after N files,
 or SIGKILL of a real ``infmae curate`` process) finishes on the next run, redoes only the files that
 were in flight, and writes the manifest of an uninterrupted run; a grown folder costs its new files only."""
+
 from __future__ import annotations
 
 import os
@@ -75,8 +76,9 @@ def test_sigkill_during_a_real_scan(collection, tmp_path):
     src, reference, full = collection
     out = tmp_path / "out"
     command = [sys.executable, "-m", "infmae", "curate", str(src), "-o", str(out), "--workers", "2"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)  # its own process group: the pool workers die with it
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )  # its own process group: the pool workers die with it
     try:
         deadline = time.monotonic() + 60
         while _rows_in_store(out) < 10 and process.poll() is None and time.monotonic() < deadline:

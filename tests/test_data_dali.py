@@ -1,6 +1,7 @@
 """The DALI loader (CPU mode here, the same graph as on a GPU) against the reference loader: the same
 batches within the stated tolerance for every format and bit depth, exact uint16 decode, sharding,
 resume, and bad files reported and skipped."""
+
 import logging
 
 import numpy as np
@@ -168,15 +169,32 @@ def test_a_file_only_the_gpu_decoder_rejects_is_found_by_a_gpu_probe(synthetic, 
     assert {d for _, d in probed} == {None}
     monkeypatch.setattr(loader, "device_id", 0)  # as if the loader decoded on GPU 0
     probed.clear()
-    assert loader._find_undecodable(good) == [(victim, "DALI cannot decode it (nvJPEG: unsupported marker) on the GPU decoder")]
+    assert loader._find_undecodable(good) == [
+        (victim, "DALI cannot decode it (nvJPEG: unsupported marker) on the GPU decoder")
+    ]
     assert [d for _, d in probed] == [None] * 3 + [0] * 3  # CPU first, then the GPU decoder
 
 
 def test_pretrain_with_dali_ends_with_the_skipped_count(tmp_path, caplog):
     out = tmp_path / "run"
     with caplog.at_level(logging.INFO):
-        code = main(["pretrain", "--preset", "demo", "--output", str(out), "--set", "data.loader=dali",
-                     "--set", "data.synthetic_count=24", "--set", "train.batch_size=8", "--set", "train.max_steps=2"])
+        code = main(
+            [
+                "pretrain",
+                "--preset",
+                "demo",
+                "--output",
+                str(out),
+                "--set",
+                "data.loader=dali",
+                "--set",
+                "data.synthetic_count=24",
+                "--set",
+                "train.batch_size=8",
+                "--set",
+                "train.max_steps=2",
+            ]
+        )
     assert code == 0
     assert "DALI loader: files source, CPU mode" in caplog.text
     skipped = (out / "skipped_files.tsv").read_text().splitlines()

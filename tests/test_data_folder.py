@@ -35,9 +35,7 @@ def test_scan_drops_bad_headers_and_tiny_images_with_reasons(data_root, caplog):
     with caplog.at_level(logging.WARNING, logger="infmae.data.folder"):
         dataset = _dataset(data_root)
     dropped = {path: reason for path, reason in dataset.dropped}
-    assert set(dropped) == {
-        str(data_root / BAD_FILES[k]) for k in ("zero_byte", "text_as_jpg", "tiny")
-    }
+    assert set(dropped) == {str(data_root / BAD_FILES[k]) for k in ("zero_byte", "text_as_jpg", "tiny")}
     assert "empty file" in dropped[str(data_root / BAD_FILES["zero_byte"])]
     assert "not an image" in dropped[str(data_root / BAD_FILES["text_as_jpg"])]
     assert "too_small" in dropped[str(data_root / BAD_FILES["tiny"])]

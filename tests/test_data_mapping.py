@@ -119,8 +119,9 @@ def test_image_ranges_torch_equals_the_numpy_rule(histogram, monkeypatch):
     from infmae.data.mapping import image_range_torch, image_ranges_torch
 
     histogram_uint16 = mapping._histogram_uint16
-    monkeypatch.setattr(mapping, "_histogram_uint16",
-                        lambda flat, scatter: histogram_uint16(flat, scatter=histogram == "scatter_add"))
+    monkeypatch.setattr(
+        mapping, "_histogram_uint16", lambda flat, scatter: histogram_uint16(flat, scatter=histogram == "scatter_add")
+    )
 
     rng = np.random.default_rng(0)
     arrays = []

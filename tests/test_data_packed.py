@@ -1,5 +1,6 @@
 """`infmae pack`: lossless round trip for every format and bit depth, the cap, atomic output, and the
 reference loader reading a pack exactly as it reads the files."""
+
 import dataclasses
 import json
 
@@ -81,8 +82,12 @@ def test_pack_skips_bad_files_and_never_leaves_half_a_pack(tmp_path):
     out = tmp_path / "pack"
     info = pack_dataset(scan_folder(src), src, out, workers=2)
     reasons = dict(info["skipped"])
-    assert {"cam_a/seq02/ir_truncated.png", "cam_b/empty.png", "cam_b/notes_not_an_image.jpg",
-            "cam_b/day2/corrupt_body16.tif"} <= set(reasons)
+    assert {
+        "cam_a/seq02/ir_truncated.png",
+        "cam_b/empty.png",
+        "cam_b/notes_not_an_image.jpg",
+        "cam_b/day2/corrupt_body16.tif",
+    } <= set(reasons)
     assert is_pack(out) and not (tmp_path / "pack.partial").exists()
     with pytest.raises(FileExistsError, match="remove it or choose another"):
         pack_dataset(scan_folder(src), src, out, workers=1)
@@ -153,14 +158,31 @@ def test_cli_pack_from_a_manifest_and_pretrain_reads_it(tmp_path):
     src = tmp_path / "src"
     generate_dataset(src, 10, seed=2, include_bad=False)
     manifest = tmp_path / "manifest.csv"
-    rows = ["path,status"] + [f"{p},{'keep' if i % 2 == 0 else 'near_duplicate'}" for i, p in enumerate(scan_folder(src))]
+    rows = ["path,status"] + [
+        f"{p},{'keep' if i % 2 == 0 else 'near_duplicate'}" for i, p in enumerate(scan_folder(src))
+    ]
     manifest.write_text("\n".join(rows) + "\n")
     assert main(["pack", str(manifest), "--data-root", str(src), "-o", str(tmp_path / "pack"), "--workers", "1"]) == 0
     info = json.loads((tmp_path / "pack" / "pack.json").read_text())
     assert info["count"] == 5
     assert main(["pack", str(manifest), "-o", str(tmp_path / "pack")]) == 2  # exists: a clear error, exit 2
     out = tmp_path / "run"
-    code = main(["pretrain", "--preset", "demo", "--data", str(tmp_path / "pack"), "--output", str(out),
-                 "--set", "train.max_steps=1", "--set", "train.batch_size=4", "--set", "data.num_workers=0"])
+    code = main(
+        [
+            "pretrain",
+            "--preset",
+            "demo",
+            "--data",
+            str(tmp_path / "pack"),
+            "--output",
+            str(out),
+            "--set",
+            "train.max_steps=1",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            "data.num_workers=0",
+        ]
+    )
     assert code == 0
     assert (out / "metrics.jsonl").read_text().count("\n") >= 1

@@ -1,4 +1,5 @@
 """ThreadPrefetcher: the DALI loader's host-side preparation, run ahead in a thread."""
+
 from __future__ import annotations
 
 import threading

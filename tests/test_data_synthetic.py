@@ -55,8 +55,12 @@ def test_generator_writes_every_format(tmp_path):
             if ext.lower() in (".tif", ".tiff"):
                 compression = {None: 1, "tiff_lzw": 5, "tiff_adobe_deflate": 8}[options.get("compression")]
                 assert img.tag_v2[259] == compression
-            assert img.format == {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG",
-                                  ".jpeg": "JPEG", ".bmp": "BMP"}[ext.lower()]
+            assert (
+                img.format
+                == {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}[
+                    ext.lower()
+                ]
+            )
     assert set(seen) == set(FILE_KINDS)
     sizes = {read_image(p).shape[:2] for p in good}
     assert len(sizes) >= 5 and any(h != w for h, w in sizes)

@@ -1,5 +1,6 @@
 """Single-process pieces of the distributed trainer: config fields, optional Apex, the log line,
 parallelize without a process group, a DCP checkpoint folder written and read in one process."""
+
 import pytest
 import torch
 
@@ -14,8 +15,15 @@ pytestmark = pytest.mark.distributed
 
 
 def test_new_train_fields_are_validated():
-    config = apply_overrides(preset("demo"), ["train.parallel=ddp", "train.activation_checkpointing=true",
-                                              "train.fsdp_group=3", "train.optimizer=apex_lamb"])
+    config = apply_overrides(
+        preset("demo"),
+        [
+            "train.parallel=ddp",
+            "train.activation_checkpointing=true",
+            "train.fsdp_group=3",
+            "train.optimizer=apex_lamb",
+        ],
+    )
     assert (config.train.parallel, config.train.activation_checkpointing, config.train.fsdp_group) == ("ddp", True, 3)
     with pytest.raises(ValueError, match="train.parallel"):
         TrainConfig(parallel="zero3")
@@ -33,17 +41,37 @@ def test_apex_optimizers_fail_clearly_where_they_cannot_run():
 
 
 def test_log_line_shows_per_device_and_total_rate_and_mfu():
-    record = {"step": 10, "total_steps": 20, "epoch": 1, "loss": 0.5, "lr": 1e-3, "grad_norm": 0.2,
-              "img_per_s": 50.0, "img_per_s_total": 100.0, "world_size": 2, "data_wait_pct": 3.0, "mem_gib": 1.0,
-              "eta_s": 61, "mfu": None}
+    record = {
+        "step": 10,
+        "total_steps": 20,
+        "epoch": 1,
+        "loss": 0.5,
+        "lr": 1e-3,
+        "grad_norm": 0.2,
+        "img_per_s": 50.0,
+        "img_per_s_total": 100.0,
+        "world_size": 2,
+        "data_wait_pct": 3.0,
+        "mem_gib": 1.0,
+        "eta_s": 61,
+        "mfu": None,
+    }
     line = format_line(record)
     assert "img/s 50.0/gpu 100.0 total" in line and line.endswith("mfu n/a")
     assert format_line({**record, "world_size": 1, "mfu": 0.42}).endswith("mfu 42.0%")
 
 
-@pytest.mark.parametrize("name,peak", [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0),
-                                       ("NVIDIA H100 NVL", 835.0), ("NVIDIA H200", 989.0),
-                                       ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA L4", None)])
+@pytest.mark.parametrize(
+    "name,peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H100 NVL", 835.0),
+        ("NVIDIA H200", 989.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA L4", None),
+    ],
+)
 def test_mfu_peak_follows_the_board(name, peak, monkeypatch):
     from infmae.training import trainer
 
@@ -53,8 +81,15 @@ def test_mfu_peak_follows_the_board(name, peak, monkeypatch):
 
 
 def test_parallelize_without_a_mesh_keeps_names_and_results():
-    config = ModelConfig(img_size=(32, 32), embed_dims=(16, 24, 32), depths=(1, 1, 2), num_heads=2,
-                         decoder_embed_dim=32, decoder_num_heads=2, decoder_depth=1)
+    config = ModelConfig(
+        img_size=(32, 32),
+        embed_dims=(16, 24, 32),
+        depths=(1, 1, 2),
+        num_heads=2,
+        decoder_embed_dim=32,
+        decoder_num_heads=2,
+        decoder_depth=1,
+    )
     torch.manual_seed(0)
     plain = InfMAE(config)
     torch.manual_seed(0)
@@ -75,8 +110,9 @@ def test_parallelize_without_a_mesh_keeps_names_and_results():
 def test_a_dcp_folder_is_listed_loaded_and_pruned_in_one_process(tmp_path):
     for step in (1, 2, 3):
         tensors = {"model": {"w": torch.full((3,), float(step))}, "optimizer": {}}
-        ckpt.save_distributed_checkpoint(tmp_path, step, tensors, {"step": step, "world_size": 1},
-                                         {"rng": step}, keep_last=2)
+        ckpt.save_distributed_checkpoint(
+            tmp_path, step, tensors, {"step": step, "world_size": 1}, {"rng": step}, keep_last=2
+        )
     stale = tmp_path / "checkpoints" / ".step_00000009.tmp"
     stale.mkdir()  # a save killed half-way: never listed
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000002", "step_00000003"]
@@ -91,7 +127,18 @@ def test_bench_train_runs_both_variants_on_both_inputs(tmp_path, caplog):
 
     generate_dataset(tmp_path / "images", 6, seed=0, sizes=[(64, 80)], include_bad=False)
     caplog.set_level("INFO", logger="bench_train")
-    argv = ["--quick", "--batch-sizes", "2", "--reps", "1", "--no-write", "--data", str(tmp_path / "images"), "--threads", "1"]
+    argv = [
+        "--quick",
+        "--batch-sizes",
+        "2",
+        "--reps",
+        "1",
+        "--no-write",
+        "--data",
+        str(tmp_path / "images"),
+        "--threads",
+        "1",
+    ]
     assert bench_train.main(argv) == 0
     lines = [r.getMessage() for r in caplog.records if "img/s" in r.getMessage()]
     assert len(lines) == 4 and all("MFU n/a" in line for line in lines)

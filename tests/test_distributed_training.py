@@ -2,6 +2,7 @@
 process on the same global batch, parameters stay identical across ranks, gradient accumulation matches
 a larger batch, resume on 2 ranks is bit-exact, and a rank killed during a save leaves ``latest`` on the
 previous, loadable checkpoint (saves written in the calling thread, and in the background)."""
+
 import json
 import logging
 import os
@@ -25,21 +26,39 @@ STEPS = 3  # N: 16 images / global batch 8 = 2 steps per epoch, so 2N steps cros
 
 
 def tiny_config(data_path, **train):
-    model = ModelConfig(img_size=(48, 48), embed_dims=(16, 24, 32), depths=(1, 1, 1), num_heads=2,
-                        decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
-    settings = dict(batch_size=4, epochs=4, warmup_epochs=1, blr=1e-2, log_every=1, checkpoint_every=1000,
-                    visualize_every=0, tensorboard=False)
+    model = ModelConfig(
+        img_size=(48, 48),
+        embed_dims=(16, 24, 32),
+        depths=(1, 1, 1),
+        num_heads=2,
+        decoder_embed_dim=32,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
+    settings = dict(
+        batch_size=4,
+        epochs=4,
+        warmup_epochs=1,
+        blr=1e-2,
+        log_every=1,
+        checkpoint_every=1000,
+        visualize_every=0,
+        tensorboard=False,
+    )
     settings.update(train)
-    return Config(model=model, data=DataConfig(path=str(data_path), num_workers=0), train=TrainConfig(**settings),
-                  preset="test")
+    return Config(
+        model=model, data=DataConfig(path=str(data_path), num_workers=0), train=TrainConfig(**settings), preset="test"
+    )
 
 
 class RecordingTrainer(Trainer):
     """Keeps the full (unsharded) parameter vector after every optimizer step."""
 
     def after_step(self) -> None:
-        full = [p.full_tensor() if hasattr(p, "full_tensor") else p.detach()
-                for _, p in sorted(self.module.named_parameters())]
+        full = [
+            p.full_tensor() if hasattr(p, "full_tensor") else p.detach()
+            for _, p in sorted(self.module.named_parameters())
+        ]
         self.__dict__.setdefault("params_per_step", []).append(torch.cat([t.flatten() for t in full]).clone())
 
 
@@ -50,8 +69,9 @@ def losses(run_dir, key="loss"):
 def _entry(rank, world, store_file, job, args):
     torch.set_num_threads(1)
     # a file rendezvous: no free-port race between picking a port and binding it
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=120))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store_file}", rank=rank, world_size=world, timeout=timedelta(seconds=120)
+    )
     job(rank, *args)  # an exception here reaches mp.spawn as usual
     dist.barrier()
     # Skip the C++ teardown: gloo's process-group destructor sometimes aborts a finished worker
@@ -109,16 +129,23 @@ def test_two_ranks_match_one_process_and_stay_identical(tmp_path, data, single, 
     # bar 1: 2 ranks x 4 images == 1 process x 8 images (the same 8 images per step)
     two = losses(tmp_path / "big")
     assert len(ref) == len(two) == STEPS
-    torch.testing.assert_close(torch.tensor(two, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64),
-                               **tol("distributed_loss"))
+    torch.testing.assert_close(
+        torch.tensor(two, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64), **tol("distributed_loss")
+    )
     for step in range(STEPS):
         torch.testing.assert_close(ranks[0]["big"][step], ref_params[step], **tol("distributed_params"))
-    torch.testing.assert_close(torch.tensor(losses(tmp_path / "big", "grad_norm"), dtype=torch.float64),
-                               torch.tensor(ref_norms, dtype=torch.float64), **tol("distributed_grad_norm"))
+    torch.testing.assert_close(
+        torch.tensor(losses(tmp_path / "big", "grad_norm"), dtype=torch.float64),
+        torch.tensor(ref_norms, dtype=torch.float64),
+        **tol("distributed_grad_norm"),
+    )
 
     # bar 4: 2 micro-batches of 2 == one batch of 4 (per rank)
-    torch.testing.assert_close(torch.tensor(losses(tmp_path / "accum"), dtype=torch.float64),
-                               torch.tensor(two, dtype=torch.float64), **tol("accumulation_loss"))
+    torch.testing.assert_close(
+        torch.tensor(losses(tmp_path / "accum"), dtype=torch.float64),
+        torch.tensor(two, dtype=torch.float64),
+        **tol("accumulation_loss"),
+    )
     for step in range(STEPS):
         torch.testing.assert_close(ranks[0]["accum"][step], ranks[0]["big"][step], **tol("accumulation_params"))
 
@@ -135,11 +162,14 @@ def _job_first_half(rank, data, out):
 
 def _job_dies_while_saving(rank, data, out):
     if rank == 1:  # rank 1 dies after writing its RNG file, inside the collective shard write
+
         def die(tensors, folder):
             os._exit(17)
 
         ckpt._write_shards = die
-    Trainer(tiny_config(data, grad_clip=0.5, max_steps=2 * STEPS, checkpoint_every=1), out / "killed", resume=True).fit()
+    Trainer(
+        tiny_config(data, grad_clip=0.5, max_steps=2 * STEPS, checkpoint_every=1), out / "killed", resume=True
+    ).fit()
 
 
 def _job_resume(rank, data, out):
@@ -179,8 +209,9 @@ def test_resume_on_two_ranks_is_bit_exact_and_survives_a_killed_save(tmp_path, d
 def _job_async_first_half(rank, data, out):
     Trainer(tiny_config(data, grad_clip=0.5, max_steps=2 * STEPS), out / "whole").fit()
     # a save after every step: each one is still being written while the next step trains
-    Trainer(tiny_config(data, grad_clip=0.5, max_steps=STEPS, checkpoint_every=1, async_checkpoint=True),
-            out / "async").fit()
+    Trainer(
+        tiny_config(data, grad_clip=0.5, max_steps=STEPS, checkpoint_every=1, async_checkpoint=True), out / "async"
+    ).fit()
 
 
 def _job_dies_in_the_background_write(rank, data, out):
@@ -191,13 +222,19 @@ def _job_dies_in_the_background_write(rank, data, out):
             os._exit(17)
 
         dcp.FileSystemWriter.write_data = die
-    Trainer(tiny_config(data, grad_clip=0.5, max_steps=2 * STEPS, checkpoint_every=1, async_checkpoint=True),
-            out / "async", resume=True).fit()
+    Trainer(
+        tiny_config(data, grad_clip=0.5, max_steps=2 * STEPS, checkpoint_every=1, async_checkpoint=True),
+        out / "async",
+        resume=True,
+    ).fit()
 
 
 def _job_async_resume(rank, data, out):
-    Trainer(tiny_config(data, grad_clip=0.5, max_steps=2 * STEPS, checkpoint_every=2, async_checkpoint=True),
-            out / "async", resume=True).fit()
+    Trainer(
+        tiny_config(data, grad_clip=0.5, max_steps=2 * STEPS, checkpoint_every=2, async_checkpoint=True),
+        out / "async",
+        resume=True,
+    ).fit()
 
 
 def test_async_saves_on_two_ranks_resume_exactly_and_survive_a_killed_write(tmp_path, data):
@@ -205,7 +242,8 @@ def test_async_saves_on_two_ranks_resume_exactly_and_survive_a_killed_write(tmp_
     first = ckpt.latest_checkpoint(tmp_path / "async")
     assert first.name == f"step_{STEPS:08d}" and ckpt.is_distributed_checkpoint(first)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "async")] == [
-        f"step_{s:08d}" for s in range(STEPS - 2, STEPS + 1)]  # keep_last=3 of the saves at every step
+        f"step_{s:08d}" for s in range(STEPS - 2, STEPS + 1)
+    ]  # keep_last=3 of the saves at every step
 
     with pytest.raises((mp.ProcessExitedException, mp.ProcessRaisedException)):
         spawn(_job_dies_in_the_background_write, data, tmp_path)

@@ -4,6 +4,7 @@ backward, poisoned outputs, determinism, the launch rule, bad inputs.
 
 On CPU the kernel runs under the Triton interpreter (tests/conftest.py), whose cost is per program and per
 operation: the grids here are a few dozen tiles."""
+
 import re
 
 import pytest
@@ -12,7 +13,8 @@ import torch.nn.functional as F
 
 from kernels import depthwise
 from kernels import reference as ref
-from tests.device import KERNEL_DEVICE as DEVICE, cpu_dispatch_only
+from tests.device import KERNEL_DEVICE as DEVICE
+from tests.device import cpu_dispatch_only
 from tests.neighbour_configs import all_neighbour_configurations
 from tests.sm90 import assert_compiles_for_sm90
 from tests.tolerances import TOLERANCES
@@ -84,8 +86,10 @@ def test_twin_is_the_dense_conv_in_every_neighbour_configuration(T, generator):
         got = ref.depthwise_conv5x5_tiles(tiles, table, weight, bias)
         want = dense_conv_on_tiles(tiles, ids, grid_hw, weight, bias)
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
-        for g, w in zip(torch.autograd.grad(got, (tiles, weight, bias), grad),
-                        torch.autograd.grad(want, (tiles, weight, bias), grad)):
+        for g, w in zip(
+            torch.autograd.grad(got, (tiles, weight, bias), grad),
+            torch.autograd.grad(want, (tiles, weight, bias), grad),
+        ):
             torch.testing.assert_close(g, w, atol=1e-11, rtol=1e-12)
 
 
@@ -145,19 +149,23 @@ def test_kernel_matches_twin_forward_and_backward(case, generator):
 
     # launchers, every output poisoned first
     nan = float("nan")
-    out = depthwise.depthwise_conv5x5_tiles_forward(tiles, table, weight, bias,
-                                                    out=torch.full((B, K, T, T, C), nan, dtype=dtype, device=DEVICE))
+    out = depthwise.depthwise_conv5x5_tiles_forward(
+        tiles, table, weight, bias, out=torch.full((B, K, T, T, C), nan, dtype=dtype, device=DEVICE)
+    )
     _close(out, want, dtype)
-    poisoned = (torch.full((B, K, T, T, C), nan, dtype=dtype, device=DEVICE),
-                torch.full_like(weight, nan), torch.full_like(bias, nan))
-    g_tiles, g_weight, g_bias = depthwise.depthwise_conv5x5_tiles_backward(grad, tiles, table, weight, True,
-                                                                           out=poisoned)
+    poisoned = (
+        torch.full((B, K, T, T, C), nan, dtype=dtype, device=DEVICE),
+        torch.full_like(weight, nan),
+        torch.full_like(bias, nan),
+    )
+    g_tiles, g_weight, g_bias = depthwise.depthwise_conv5x5_tiles_backward(
+        grad, tiles, table, weight, True, out=poisoned
+    )
     _close(g_tiles, want_tiles, dtype)
     _close(g_weight, want_weight, dtype)
     _close(g_bias, want_bias, dtype)
     if dtype == torch.float32:  # the twin in the inputs' own dtype is the same computation here
-        torch.testing.assert_close(out, ref.depthwise_conv5x5_tiles(tiles, table, weight, bias),
-                                   **_tol(torch.float32))
+        torch.testing.assert_close(out, ref.depthwise_conv5x5_tiles(tiles, table, weight, bias), **_tol(torch.float32))
 
     # the autograd op: the same kernels again, bitwise equal (determinism, no atomics)
     leaves = [t.detach().requires_grad_() for t in (tiles, weight, bias)]
@@ -258,10 +266,16 @@ def _bad_inputs():
         (lambda: op(tiles, table, weight.long(), bias), "weight of dtype"),
         (lambda: op(tiles, table, weight, bias.to("meta")), "one device"),
         (lambda: op(tiles.tolist(), table, weight, bias), "torch.Tensor"),
-        (lambda: depthwise.depthwise_conv5x5_tiles_forward(tiles, bad_table, weight, bias),
-         r"neighbour indices in \[-1, 3\)"),
-        (lambda: depthwise.depthwise_conv5x5_tiles_forward(tiles, table, weight, bias, out=torch.empty(1, 3, 4, 4, 7)),
-         "out of shape"),
+        (
+            lambda: depthwise.depthwise_conv5x5_tiles_forward(tiles, bad_table, weight, bias),
+            r"neighbour indices in \[-1, 3\)",
+        ),
+        (
+            lambda: depthwise.depthwise_conv5x5_tiles_forward(
+                tiles, table, weight, bias, out=torch.empty(1, 3, 4, 4, 7)
+            ),
+            "out of shape",
+        ),
         (lambda: depthwise.depthwise_conv5x5_tiles_backward(tiles[:, :2], tiles, table, weight), "grad of shape"),
     ]
 

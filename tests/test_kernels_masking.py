@@ -3,6 +3,7 @@
 Every output is compared exactly (ids, mask and maps are integers or 0/1 values): same dtype, shape
 and values as the twin on the same scores, with planted ties, signed zeros, NaN and infinities.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -34,6 +35,7 @@ def fast_interpreted_sort():
     try:
         import triton.language as tl
         from triton.runtime import interpreter
+
         original = interpreter.ReduceOps.apply_impl
         xor_combine = tl.standard._xor_combine
     except (ImportError, AttributeError):  # another Triton: tests run, only slower
@@ -110,8 +112,9 @@ def test_nan_inf_and_zeros_sort_like_torch(order):
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for stride in (1, 2, 5):
             s = scores.to(dtype)
-            _assert_equal_outputs(masking.sort_stride_mask(s, stride, order, (3, 4)),
-                                  ref.sort_stride_mask(s, stride, order, (3, 4)))
+            _assert_equal_outputs(
+                masking.sort_stride_mask(s, stride, order, (3, 4)), ref.sort_stride_mask(s, stride, order, (3, 4))
+            )
 
 
 @pytest.mark.parametrize("layout", ["sliced", "transposed"])
@@ -122,22 +125,31 @@ def test_non_contiguous_scores(layout, generator):
         scores = torch.randint(0, 6, (40, 3), generator=generator).float().t()
     assert not scores.is_contiguous()
     for order in ("descending", "ascending"):
-        _assert_equal_outputs(masking.sort_stride_mask(scores, 4, order, (4, 10)),
-                              ref.sort_stride_mask(scores, 4, order, (4, 10)))
+        _assert_equal_outputs(
+            masking.sort_stride_mask(scores, 4, order, (4, 10)), ref.sort_stride_mask(scores, 4, order, (4, 10))
+        )
 
 
 def _poisoned(B, L, K, grid, transposed):
     """Outputs filled with values the kernel never writes (-7777, NaN), optionally as strided views."""
+
     def alloc(shape, dtype, fill):
         if transposed and len(shape) == 2:
             return torch.full(shape[::-1], fill, dtype=dtype).t()
         return torch.full(shape, fill, dtype=dtype)
-    outs = [alloc((B, K), torch.int64, POISON_INT), alloc((B, L), torch.int64, POISON_INT),
-            alloc((B, L), torch.float32, float("nan"))]
+
+    outs = [
+        alloc((B, K), torch.int64, POISON_INT),
+        alloc((B, L), torch.int64, POISON_INT),
+        alloc((B, L), torch.float32, float("nan")),
+    ]
     if grid is not None:
         h, w = grid
-        x4 = torch.full((B, 1, 4 * w, 4 * h), float("nan")).transpose(2, 3) if transposed else \
-            torch.full((B, 1, 4 * h, 4 * w), float("nan"))
+        x4 = (
+            torch.full((B, 1, 4 * w, 4 * h), float("nan")).transpose(2, 3)
+            if transposed
+            else torch.full((B, 1, 4 * h, 4 * w), float("nan"))
+        )
         outs += [x4, torch.full((B, 1, 2 * h, 2 * w), float("nan"))]
     return tuple(outs)
 
@@ -183,6 +195,7 @@ def test_fast_sort_patch_is_exact(fast_interpreted_sort, monkeypatch, generator)
     if fast_interpreted_sort is None:
         pytest.skip("the interpreter was not patched on this Triton")
     from triton.runtime import interpreter
+
     scores = _scores("ties", 2, 40, generator)
     patched = masking.sort_stride_mask(scores, 3, "descending", (4, 10))
     monkeypatch.setattr(interpreter.ReduceOps, "apply_impl", fast_interpreted_sort)
@@ -224,8 +237,11 @@ def test_torch_compile_fullgraph(monkeypatch, generator):
 
     def fn(s):
         m = masking.sort_stride_mask(s * 1.0, 4, "descending", (4, 10))
-        outs = (torch.empty(2, 14, dtype=torch.int64, device=s.device),
-                torch.empty(2, 40, dtype=torch.int64, device=s.device), torch.empty(2, 40, device=s.device))
+        outs = (
+            torch.empty(2, 14, dtype=torch.int64, device=s.device),
+            torch.empty(2, 40, dtype=torch.int64, device=s.device),
+            torch.empty(2, 40, device=s.device),
+        )
         m3 = masking.sort_stride_mask(s, 3, "ascending", None, out=outs)
         return m.ids_keep, m.ids_restore, m.mask, m.visible_x4, m.visible_x2, m3.ids_keep, m3.mask
 
@@ -255,17 +271,24 @@ def _bad_calls():
         ("grid not ints", ValueError, lambda: masking.sort_stride_mask(s, 4, "descending", (4.0, 10.0))),
         ("scores type", TypeError, lambda: masking.sort_stride_mask(s.tolist(), 4)),
         ("out length", ValueError, lambda: masking.sort_stride_mask(s, 4, out=outs[:2])),
-        ("out ids dtype", ValueError,
-         lambda: masking.sort_stride_mask(s, 4, out=(outs[0].int(), *outs[1:3]))),
-        ("out restore shape", ValueError,
-         lambda: masking.sort_stride_mask(s, 4, out=(outs[0], outs[1][:, :39], outs[2]))),
-        ("out device", ValueError,
-         lambda: masking.sort_stride_mask(s, 4, out=(outs[0], outs[1], outs[2].to("meta")))),
+        ("out ids dtype", ValueError, lambda: masking.sort_stride_mask(s, 4, out=(outs[0].int(), *outs[1:3]))),
+        (
+            "out restore shape",
+            ValueError,
+            lambda: masking.sort_stride_mask(s, 4, out=(outs[0], outs[1][:, :39], outs[2])),
+        ),
+        ("out device", ValueError, lambda: masking.sort_stride_mask(s, 4, out=(outs[0], outs[1], outs[2].to("meta")))),
         ("out maps without grid", ValueError, lambda: masking.sort_stride_mask(s, 4, out=outs)),
-        ("out maps missing", TypeError,
-         lambda: masking.sort_stride_mask(s, 4, "descending", (4, 10), out=(*outs[:3], None, None))),
-        ("out map shape", ValueError,
-         lambda: masking.sort_stride_mask(s, 4, "descending", (4, 10), out=(*outs[:4], outs[3]))),
+        (
+            "out maps missing",
+            TypeError,
+            lambda: masking.sort_stride_mask(s, 4, "descending", (4, 10), out=(*outs[:3], None, None)),
+        ),
+        (
+            "out map shape",
+            ValueError,
+            lambda: masking.sort_stride_mask(s, 4, "descending", (4, 10), out=(*outs[:4], outs[3])),
+        ),
     ]
 
 

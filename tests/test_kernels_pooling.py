@@ -4,14 +4,15 @@ Scores are float outputs: compared with the "intensity_pool" tolerances of tests
 kernel sums the 256*C fp32 products in another order than the twin's einsum). Everything else
 (determinism, poisoned outputs, dispatch) is checked exactly.
 """
+
 import pytest
 import torch
 
 from kernels import pooling
 from kernels import reference as ref
-from tests.tolerances import tol
 from tests.device import KERNEL_DEVICE, cpu_dispatch_only
 from tests.sm90 import assert_compiles_for_sm90
+from tests.tolerances import tol
 
 pytestmark = pytest.mark.kernel_device  # tensors on the GPU when one runs the suite there
 
@@ -59,8 +60,12 @@ def test_matches_twin(shape, dtype, layout, generator):
 def test_filter_dtypes_and_bias_forms(filter_dtype, bias_kind, generator):
     imgs = torch.randn(2, 3, 48, 80, generator=generator)
     filt = torch.randn(3, 16, 16, generator=generator).to(filter_dtype)
-    bias = {"float": -1.25, "tensor0d": torch.randn((), generator=generator, dtype=torch.float64),
-            "tensor1": torch.randn(1, generator=generator), "int": 2}[bias_kind]
+    bias = {
+        "float": -1.25,
+        "tensor0d": torch.randn((), generator=generator, dtype=torch.float64),
+        "tensor1": torch.randn(1, generator=generator),
+        "int": 2,
+    }[bias_kind]
     expected = ref.intensity_pool(imgs, filt, bias)
     torch.testing.assert_close(pooling.intensity_pool(imgs, filt, bias), expected, **tol("intensity_pool"))
 
@@ -71,8 +76,9 @@ def test_official_score_filter(generator):
     imgs = torch.randn(2, 3, 64, 160, generator=generator)
     weight, bias = conv.weight.mean(0), conv.bias.mean()  # both require grad: the op detaches them
     scores = pooling.intensity_pool(imgs, weight, bias)
-    torch.testing.assert_close(scores, ref.intensity_pool(imgs, weight.detach(), bias.detach()),
-                               **tol("intensity_pool"))
+    torch.testing.assert_close(
+        scores, ref.intensity_pool(imgs, weight.detach(), bias.detach()), **tol("intensity_pool")
+    )
     torch.testing.assert_close(scores, conv(imgs).mean(1).flatten(1).detach(), **tol("official_score"))
 
 

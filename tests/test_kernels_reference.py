@@ -1,4 +1,5 @@
 """The eager twins in kernels/reference.py against independent computations."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -126,18 +127,23 @@ def test_token_restore_forward_backward(dtype, generator):
     grad = torch.randn(B, L, D, generator=generator).to(dtype)
     out.backward(grad)
     assert torch.equal(visible.grad, torch.stack([grad[b, ids[b]] for b in range(B)]))
-    torch.testing.assert_close(mask_token.grad.reshape(D), grad[masked].float().sum(0), **tol("token_restore_grad", dtype))
+    torch.testing.assert_close(
+        mask_token.grad.reshape(D), grad[masked].float().sum(0), **tol("token_restore_grad", dtype)
+    )
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda: ref.intensity_pool(torch.zeros(1, 3, 20, 32), ref.intensity_filter(3)), "multiples of 16"),
-    (lambda: ref.intensity_pool(torch.zeros(3, 32, 32), ref.intensity_filter(3)), r"\[B,C,H,W\]"),
-    (lambda: ref.intensity_pool(torch.zeros(1, 1, 32, 32), ref.intensity_filter(3)), r"\[1,16,16\]"),
-    (lambda: ref.intensity_pool(torch.zeros(1, 3, 32, 32, dtype=torch.int32), ref.intensity_filter(3)), "dtype"),
-    (lambda: ref.sort_stride_mask(torch.zeros(2, 10), 0), "stride"),
-    (lambda: ref.sort_stride_mask(torch.zeros(2, 10), 4, "random"), "order"),
-    (lambda: ref.token_gather(torch.zeros(2, 10, 4), torch.zeros(2, 3, dtype=torch.int32)), "int64"),
-])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: ref.intensity_pool(torch.zeros(1, 3, 20, 32), ref.intensity_filter(3)), "multiples of 16"),
+        (lambda: ref.intensity_pool(torch.zeros(3, 32, 32), ref.intensity_filter(3)), r"\[B,C,H,W\]"),
+        (lambda: ref.intensity_pool(torch.zeros(1, 1, 32, 32), ref.intensity_filter(3)), r"\[1,16,16\]"),
+        (lambda: ref.intensity_pool(torch.zeros(1, 3, 32, 32, dtype=torch.int32), ref.intensity_filter(3)), "dtype"),
+        (lambda: ref.sort_stride_mask(torch.zeros(2, 10), 0), "stride"),
+        (lambda: ref.sort_stride_mask(torch.zeros(2, 10), 4, "random"), "order"),
+        (lambda: ref.token_gather(torch.zeros(2, 10, 4), torch.zeros(2, 3, dtype=torch.int32)), "int64"),
+    ],
+)
 def test_bad_input_gets_a_clear_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()

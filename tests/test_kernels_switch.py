@@ -1,5 +1,6 @@
 """The registry (every fast op has its twin) and the model's kernels switch; the model trained with
 the Triton ops (interpreter) against the reference; torch.compile of the masking + token path."""
+
 import inspect
 import logging
 
@@ -13,8 +14,15 @@ from infmae.model.infmae import InfMAE
 from kernels import reference
 from kernels.registry import REGISTRY, register
 
-TINY = dict(img_size=(48, 64), embed_dims=(16, 24, 32), depths=(1, 1, 1), num_heads=2, decoder_embed_dim=32,
-            decoder_num_heads=2, decoder_depth=1)
+TINY = dict(
+    img_size=(48, 64),
+    embed_dims=(16, 24, 32),
+    depths=(1, 1, 1),
+    num_heads=2,
+    decoder_embed_dim=32,
+    decoder_num_heads=2,
+    decoder_depth=1,
+)
 
 
 def test_every_fast_op_has_its_twin():
@@ -23,7 +31,8 @@ def test_every_fast_op_has_its_twin():
     for name, pair in REGISTRY.items():
         assert getattr(reference, pair.twin.__name__) is pair.twin
         assert inspect.signature(pair.fast).parameters.keys() >= {
-            p for p, v in inspect.signature(pair.twin).parameters.items() if v.default is inspect.Parameter.empty}
+            p for p, v in inspect.signature(pair.twin).parameters.items() if v.default is inspect.Parameter.empty
+        }
     assert set(kernel_switch.OP_NAMES) <= set(REGISTRY)
 
 

@@ -5,22 +5,25 @@ CUDA is there and the interpreter is off, the same tests run on the GPU. Copies 
 visible / token gradients) are compared bit for bit; only the mask token's gradient, a sum, has a
 tolerance. Outputs handed to the launchers are filled with NaN first, so an unwritten element shows.
 """
+
 import re
 
 import pytest
 import torch
 
-from tests.device import KERNEL_DEVICE as DEVICE, cpu_dispatch_only
-from tests.sm90 import assert_compiles_for_sm90
-from tests.tolerances import TOLERANCES as TABLE
-
 from kernels import reference as ref
 from kernels import tokens
+from tests.device import KERNEL_DEVICE as DEVICE
+from tests.device import cpu_dispatch_only
+from tests.sm90 import assert_compiles_for_sm90
+from tests.tolerances import TOLERANCES as TABLE
 
 pytestmark = pytest.mark.kernel_device  # tensors on the GPU when one runs the suite there
 
 # (atol, rtol) of the mask token's gradient, the one result that is not a copy: tests/tolerances.py
-TOLERANCES = {dtype: TABLE[("triton_mask_token_grad", dtype)] for dtype in (torch.float32, torch.bfloat16, torch.float16)}
+TOLERANCES = {
+    dtype: TABLE[("triton_mask_token_grad", dtype)] for dtype in (torch.float32, torch.bfloat16, torch.float16)
+}
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (B, L, K, D): B=1 and K=1; L not a power of two; K > 64 (several id blocks in the position lookup);
@@ -35,8 +38,12 @@ CASES = [(s, dt, contiguous) for s in SMALL_SHAPES for dt in DTYPES for contiguo
 MASK_LAYOUTS = ["mask[1,1,D]-fp32", "mask[D]-strided-visible-dtype"]
 # restore: every mask token layout on the narrow rows; wide rows (D >= 768) with the model's mask token and
 # 16-bit tokens only (the restore runs four kernels per case)
-RESTORE_CASES = [(case, layout) for case in CASES for layout in MASK_LAYOUTS
-                 if case[0][3] < 768 or (layout == MASK_LAYOUTS[0] and case[1] != torch.float32)]
+RESTORE_CASES = [
+    (case, layout)
+    for case in CASES
+    for layout in MASK_LAYOUTS
+    if case[0][3] < 768 or (layout == MASK_LAYOUTS[0] and case[1] != torch.float32)
+]
 
 
 def _case_id(case):
@@ -129,15 +136,19 @@ class _CountLaunches:
 
 @pytest.fixture
 def launches(monkeypatch):
-    counters = {name: _CountLaunches(getattr(tokens, name)) for name in
-                ("_gather_rows_kernel", "_place_rows_kernel", "_restore_backward_kernel", "_sum_partials_kernel")}
+    counters = {
+        name: _CountLaunches(getattr(tokens, name))
+        for name in ("_gather_rows_kernel", "_place_rows_kernel", "_restore_backward_kernel", "_sum_partials_kernel")
+    }
     for name, counter in counters.items():
         monkeypatch.setattr(tokens, name, counter)
     return counters
 
 
-@pytest.mark.parametrize("shape,dtype", [((2, 196, 49, 768), torch.bfloat16), ((1, 37, 1, 24), torch.float32),
-                                         ((2, 37, 9, 1000), torch.float16)])
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [((2, 196, 49, 768), torch.bfloat16), ((1, 37, 1, 24), torch.float32), ((2, 37, 9, 1000), torch.float16)],
+)
 def test_token_gather_many_is_one_launch_each_way(shape, dtype, launches, generator):
     """The model's three gathers: stage-3 tokens (contiguous) and two skips (transposed views)."""
     B, L, K, D = shape
@@ -165,8 +176,9 @@ def test_token_gather_many_falls_back_per_group(launches, generator):
     """Shapes or dtypes that differ get launches of their own; equal tensors still share one; order is kept."""
     B, L, K = 2, 37, 10
     ids = _ids(B, L, K, generator)
-    widths_dtypes = [(8, torch.float32), (16, torch.float32), (8, torch.bfloat16), (8, torch.float32)] + \
-        [(4, torch.float32)] * 4  # four equal tensors: a launch of 3, then one of 1
+    widths_dtypes = [(8, torch.float32), (16, torch.float32), (8, torch.bfloat16), (8, torch.float32)] + [
+        (4, torch.float32)
+    ] * 4  # four equal tensors: a launch of 3, then one of 1
     inputs = [torch.randn(B, L, D, generator=generator).to(DEVICE, dtype) for D, dtype in widths_dtypes]
     leaves = [t.detach().requires_grad_() for t in inputs]
     outs = tokens.token_gather_many(leaves, ids)
@@ -178,8 +190,9 @@ def test_token_gather_many_falls_back_per_group(launches, generator):
     sum(o.float().sum() for o in outs).backward()
     assert launches["_place_rows_kernel"].launches == 5
     for leaf in leaves:
-        assert torch.equal(leaf.grad.sum(dim=2) != 0, torch.zeros(B, L, dtype=torch.bool, device=DEVICE).scatter_(
-            1, ids, True))
+        assert torch.equal(
+            leaf.grad.sum(dim=2) != 0, torch.zeros(B, L, dtype=torch.bool, device=DEVICE).scatter_(1, ids, True)
+        )
     assert tokens.token_gather_many([], ids) == ()
 
 
@@ -201,12 +214,14 @@ def test_token_restore_matches_twin(case, mask_layout, generator):
     ids = _ids(B, L, K, generator)
     grad_BLD = torch.randn(B, L, D, generator=generator).to(DEVICE, dtype)
     expected, (expected_visible_grad, expected_mask_grad) = _twin_grads(
-        lambda v, m: ref.token_restore(v, m, ids, L), [visible, mask_token], grad_BLD)
+        lambda v, m: ref.token_restore(v, m, ids, L), [visible, mask_token], grad_BLD
+    )
 
     out = tokens.token_restore_forward(visible, mask_token, ids, L, out=_poisoned(B, L, D, dtype=dtype))
     assert_bitwise_equal(out, expected)  # mask token rounded exactly as tensor.to(dtype) does
     visible_grad, mask_grad = tokens.token_restore_backward(
-        grad_BLD, ids, mask_token.dtype, out=(_poisoned(B, K, D, dtype=dtype), _poisoned(D, dtype=mask_token.dtype)))
+        grad_BLD, ids, mask_token.dtype, out=(_poisoned(B, K, D, dtype=dtype), _poisoned(D, dtype=mask_token.dtype))
+    )
     assert_bitwise_equal(visible_grad, expected_visible_grad)
     atol, rtol = TOLERANCES[dtype]
     torch.testing.assert_close(mask_grad, expected_mask_grad.reshape(D), atol=atol, rtol=rtol)
@@ -296,8 +311,9 @@ def test_without_the_interpreter_a_cpu_tensor_takes_the_twin(monkeypatch, launch
     out = tokens.token_restore(visible + tokens.token_gather(x, ids), mask_token, ids, L)
     grad = torch.randn(B, L, D, generator=generator)
     got = torch.autograd.grad(out, (x, visible, mask_token), grad)
-    expected_out, expected = _twin_grads(lambda a, v, m: ref.token_restore(v + ref.token_gather(a, ids), m, ids, L),
-                                         [x, visible, mask_token], grad)
+    expected_out, expected = _twin_grads(
+        lambda a, v, m: ref.token_restore(v + ref.token_gather(a, ids), m, ids, L), [x, visible, mask_token], grad
+    )
     assert sum(counter.launches for counter in launches.values()) == 0
     assert_bitwise_equal(out.detach(), expected_out)
     for g, e in zip(got, expected):
@@ -321,11 +337,15 @@ def test_torch_compile_fullgraph_forward_and_backward(generator):
     inputs.append(torch.randn(1, 1, D, generator=generator, device=DEVICE))
     ids = _ids(B, L, K, generator)
     grad = torch.randn(B, L, D, generator=generator, device=DEVICE)
-    compiled = torch.compile(lambda *args: encoder_decoder(tokens.token_gather_many, tokens.token_restore, *args),
-                             fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(
+        lambda *args: encoder_decoder(tokens.token_gather_many, tokens.token_restore, *args),
+        fullgraph=True,
+        backend="aot_eager",
+    )
     got_out, got_grads = _twin_grads(lambda *args: compiled(*args, ids), inputs, grad)
     expected_out, expected_grads = _twin_grads(
-        lambda *args: encoder_decoder(ref.token_gather_many, ref.token_restore, *args, ids), inputs, grad)
+        lambda *args: encoder_decoder(ref.token_gather_many, ref.token_restore, *args, ids), inputs, grad
+    )
     assert_bitwise_equal(got_out, expected_out)
     for got, expected in zip(got_grads[:3], expected_grads[:3]):
         assert_bitwise_equal(got, expected)
@@ -335,8 +355,9 @@ def test_torch_compile_fullgraph_forward_and_backward(generator):
     single = torch.compile(tokens.token_gather, fullgraph=True, backend="aot_eager")
     leaf = inputs[1].detach().requires_grad_()
     single(leaf, ids).backward(grad[:, :K])
-    assert_bitwise_equal(leaf.grad, torch.zeros(B, L, D, device=DEVICE).scatter_(
-        1, ids.unsqueeze(-1).expand(-1, -1, D), grad[:, :K]))
+    assert_bitwise_equal(
+        leaf.grad, torch.zeros(B, L, D, device=DEVICE).scatter_(1, ids.unsqueeze(-1).expand(-1, -1, D), grad[:, :K])
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,30 +383,62 @@ def _bad_inputs():
         (lambda: tokens.token_gather_many([x, x[:1]], ids), ValueError, "token_gather_many", "batch size 2"),
         (lambda: tokens.token_gather_forward([x] * 4, ids), ValueError, "token_gather", "1 to 3 tensors"),
         (lambda: tokens.token_gather_forward([x, x.half()], ids), ValueError, "token_gather", "one shape and dtype"),
-        (lambda: tokens.token_gather_forward([x], ids, out=[torch.empty(2, 3, 5)]), ValueError, "token_gather",
-         r"out of shape \(2, 3, 4\)"),
+        (
+            lambda: tokens.token_gather_forward([x], ids, out=[torch.empty(2, 3, 5)]),
+            ValueError,
+            "token_gather",
+            r"out of shape \(2, 3, 4\)",
+        ),
         (lambda: tokens.token_restore(visible, mask_token, ids, 2), ValueError, "token_restore", "num_patches >= K"),
-        (lambda: tokens.token_restore(visible, mask_token, ids, 10.0), TypeError, "token_restore",
-         "num_patches as an int"),
+        (
+            lambda: tokens.token_restore(visible, mask_token, ids, 10.0),
+            TypeError,
+            "token_restore",
+            "num_patches as an int",
+        ),
         (lambda: tokens.token_restore(visible, torch.randn(5), ids, 10), ValueError, "token_restore", "D = 4 elements"),
-        (lambda: tokens.token_restore(visible, mask_token.long(), ids, 10), TypeError, "token_restore",
-         "mask_token of dtype"),
-        (lambda: tokens.token_restore(visible.double(), mask_token, ids, 10), TypeError, "token_restore",
-         "visible of dtype"),
+        (
+            lambda: tokens.token_restore(visible, mask_token.long(), ids, 10),
+            TypeError,
+            "token_restore",
+            "mask_token of dtype",
+        ),
+        (
+            lambda: tokens.token_restore(visible.double(), mask_token, ids, 10),
+            TypeError,
+            "token_restore",
+            "visible of dtype",
+        ),
         (lambda: tokens.token_restore(visible, mask_token.to("meta"), ids, 10), ValueError, "token_restore", "device"),
-        (lambda: tokens.token_restore(visible, mask_token, ids[:, :2], 10), ValueError, "token_restore",
-         "one id per visible token"),
+        (
+            lambda: tokens.token_restore(visible, mask_token, ids[:, :2], 10),
+            ValueError,
+            "token_restore",
+            "one id per visible token",
+        ),
         (lambda: tokens.token_restore(visible[0], mask_token, ids, 10), ValueError, "token_restore", r"\[B,K,D\]"),
         (lambda: tokens.token_restore_backward(x, ids, torch.int32), TypeError, "token_restore_backward", "mask_dtype"),
         # the CHECK_IDS guard: ids out of [0, L), repeated ids
-        (lambda: tokens.token_gather(x, torch.tensor([[3, 1, 10], [0, 9, 2]])), ValueError, "token_gather",
-         r"values in \[0, 10\)"),
-        (lambda: tokens.token_gather(x, torch.tensor([[3, 1, 7], [0, -1, 2]])), ValueError, "token_gather",
-         r"values in \[0, 10\)"),
+        (
+            lambda: tokens.token_gather(x, torch.tensor([[3, 1, 10], [0, 9, 2]])),
+            ValueError,
+            "token_gather",
+            r"values in \[0, 10\)",
+        ),
+        (
+            lambda: tokens.token_gather(x, torch.tensor([[3, 1, 7], [0, -1, 2]])),
+            ValueError,
+            "token_gather",
+            r"values in \[0, 10\)",
+        ),
         (lambda: tokens.token_restore(visible, mask_token, ids, 9), ValueError, "token_restore", r"values in \[0, 9\)"),
         (lambda: tokens.token_gather(x, torch.tensor([[3, 1, 3], [0, 9, 2]])), ValueError, "token_gather", "distinct"),
-        (lambda: tokens.token_gather_backward([visible], ids, 8), ValueError, "token_gather_backward",
-         r"values in \[0, 8\)"),
+        (
+            lambda: tokens.token_gather_backward([visible], ids, 8),
+            ValueError,
+            "token_gather_backward",
+            r"values in \[0, 8\)",
+        ),
     ]
 
 

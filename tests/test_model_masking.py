@@ -1,4 +1,5 @@
 """IAM masking inside the model, no leakage, channel conversion, patchify."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,8 +10,9 @@ from infmae.model.infmae import InfMAE, encoder_state_dict
 from infmae.model.patchify import patchify, unpatchify
 from tests.tolerances import tol
 
-SMALL = dict(embed_dims=(32, 48, 96), depths=(1, 1, 2), num_heads=4, decoder_embed_dim=64, decoder_num_heads=4,
-             decoder_depth=1)
+SMALL = dict(
+    embed_dims=(32, 48, 96), depths=(1, 1, 2), num_heads=4, decoder_embed_dim=64, decoder_num_heads=4, decoder_depth=1
+)
 
 
 def small(**kw):

@@ -2,6 +2,7 @@
 parameter's gradient, at 224 px and non-square sizes, batch 1 and larger, planted masks (image border, every
 neighbour configuration), fp64 (exact up to rounding), fp32 and bf16 autocast; a few training steps; the
 executed FLOPs; the Triton depthwise op in the model (interpreter)."""
+
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -15,11 +16,13 @@ from kernels.reference import MaskOutputs
 from tests.neighbour_configs import all_neighbour_configurations
 from tests.tolerances import TOLERANCES
 
-NARROW = dict(embed_dims=(16, 24, 32), depths=(2, 2, 1), num_heads=2, decoder_embed_dim=32, decoder_num_heads=2,
-              decoder_depth=1)
+NARROW = dict(
+    embed_dims=(16, 24, 32), depths=(2, 2, 1), num_heads=2, decoder_embed_dim=32, decoder_num_heads=2, decoder_depth=1
+)
 # the 768 x 768 image of the every-neighbour-configuration test: a width that keeps it cheap
-THIN = dict(embed_dims=(8, 8, 16), depths=(1, 1, 1), num_heads=2, decoder_embed_dim=16, decoder_num_heads=2,
-            decoder_depth=1)
+THIN = dict(
+    embed_dims=(8, 8, 16), depths=(1, 1, 1), num_heads=2, decoder_embed_dim=16, decoder_num_heads=2, decoder_depth=1
+)
 
 
 def pair(dtype=torch.float32, **config):
@@ -82,10 +85,15 @@ def test_224px_real_widths_batch1_fp32(generator):
     assert_same(dense, sparse, imgs, dense.masking(imgs), "sparse_encoder")
 
 
-@pytest.mark.parametrize("size,batch,score,order", [((224, 224), 2, "intensity", "descending"),
-                                                   ((96, 160), 3, "official", "ascending"),
-                                                   ((96, 160), 1, "intensity", "ascending"),
-                                                   ((160, 96), 2, "official", "descending")])
+@pytest.mark.parametrize(
+    "size,batch,score,order",
+    [
+        ((224, 224), 2, "intensity", "descending"),
+        ((96, 160), 3, "official", "ascending"),
+        ((96, 160), 1, "intensity", "ascending"),
+        ((160, 96), 2, "official", "descending"),
+    ],
+)
 def test_narrow_model_fp32_both_score_modes(size, batch, score, order, generator):
     dense, sparse = pair(img_size=size, score=score, order=order, **NARROW)
     imgs = torch.randn(batch, 3, *size, generator=generator)
@@ -112,7 +120,7 @@ def _border_and_random_masks(h, w, generator):
     rows = [border.flatten(), torch.zeros(h * w, dtype=torch.bool).index_fill_(0, interior, True)]
     corners = torch.zeros(h * w, dtype=torch.bool)
     corners[[0, w - 1, (h - 1) * w, h * w - 1]] = True
-    extra = torch.nonzero(~corners).flatten()[torch.randperm(h * w - 4, generator=generator)[:n - 4]]
+    extra = torch.nonzero(~corners).flatten()[torch.randperm(h * w - 4, generator=generator)[: n - 4]]
     rows.append(corners.index_fill(0, extra, True))
     for _ in range(2):
         chosen = torch.randperm(h * w, generator=generator)[:n]
@@ -127,8 +135,13 @@ def test_fp64_planted_masks_border_and_all_visible(generator):
     h, w = 6, 10
     dense, sparse = pair(torch.float64, img_size=size, **THIN)
     imgs = torch.randn(5, 3, *size, generator=generator, dtype=torch.float64)
-    assert_same(dense, sparse, imgs, planted_masking(_border_and_random_masks(h, w, generator), (h, w), generator),
-                "sparse_encoder")
+    assert_same(
+        dense,
+        sparse,
+        imgs,
+        planted_masking(_border_and_random_masks(h, w, generator), (h, w), generator),
+        "sparse_encoder",
+    )
     everything = torch.ones(2, h * w, dtype=torch.bool)
     assert_same(dense, sparse, imgs[:2], planted_masking(everything, (h, w), generator), "sparse_encoder")
     one = torch.zeros(2, h * w, dtype=torch.bool)
@@ -207,8 +220,11 @@ def test_executed_flops_are_counted_and_about_half_at_224():
         model(torch.randn(2, 3, 96, 160))
     counted = counter.get_total_flops() / 2
     # the depthwise twin runs conv2d on (T+4)^2 windows: same multiply-adds per output pixel (25 * C)
-    assert model.executed_flops_per_image() <= counted <= model.executed_flops_per_image() + \
-        flops.score_filter_flops(model.config, (96, 160))
+    assert (
+        model.executed_flops_per_image()
+        <= counted
+        <= model.executed_flops_per_image() + flops.score_filter_flops(model.config, (96, 160))
+    )
 
 
 def test_encoder_config_is_validated():
@@ -221,8 +237,16 @@ def test_encoder_config_is_validated():
 # the Triton depthwise op inside the model (interpreter on CPU)
 # ---------------------------------------------------------------------------------------------
 def test_sparse_model_with_triton_kernels_matches_reference(generator):
-    tiny = dict(img_size=(48, 64), embed_dims=(16, 24, 32), depths=(1, 1, 1), num_heads=2, decoder_embed_dim=32,
-                decoder_num_heads=2, decoder_depth=1, encoder="sparse")
+    tiny = dict(
+        img_size=(48, 64),
+        embed_dims=(16, 24, 32),
+        depths=(1, 1, 1),
+        num_heads=2,
+        decoder_embed_dim=32,
+        decoder_num_heads=2,
+        decoder_depth=1,
+        encoder="sparse",
+    )
     torch.manual_seed(0)
     ref_model = InfMAE(ModelConfig(**tiny, kernels="reference"))
     fast_model = InfMAE(ModelConfig(**tiny, kernels="triton"))

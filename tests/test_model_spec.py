@@ -1,4 +1,5 @@
 """infmae_base against the numbers of shared/README.md section 2 (read off the released code)."""
+
 import math
 
 import pytest
@@ -23,10 +24,21 @@ def released_key_names(depths=(2, 2, 11), decoder_depth=2):
     """The released state-dict names, written from the spec's naming rules."""
     names = ["patch_embed.proj.weight", "patch_embed.proj.bias"]
     for i in (1, 2, 3):
-        names += [f"patch_embed{i}.proj.weight", f"patch_embed{i}.proj.bias",
-                  f"patch_embed{i}.norm.weight", f"patch_embed{i}.norm.bias"]
-    names += ["patch_embed4.weight", "patch_embed4.bias", "stage1_output_decode.weight", "stage1_output_decode.bias",
-              "stage2_output_decode.weight", "stage2_output_decode.bias", "pos_embed"]
+        names += [
+            f"patch_embed{i}.proj.weight",
+            f"patch_embed{i}.proj.bias",
+            f"patch_embed{i}.norm.weight",
+            f"patch_embed{i}.norm.bias",
+        ]
+    names += [
+        "patch_embed4.weight",
+        "patch_embed4.bias",
+        "stage1_output_decode.weight",
+        "stage1_output_decode.bias",
+        "stage2_output_decode.weight",
+        "stage2_output_decode.bias",
+        "pos_embed",
+    ]
     for stage, depth in (("blocks1", depths[0]), ("blocks2", depths[1])):
         for i in range(depth):
             for part in ("norm1", "conv1", "attn", "conv2", "norm2", "mlp.fc1", "mlp.fc2"):
@@ -34,7 +46,14 @@ def released_key_names(depths=(2, 2, 11), decoder_depth=2):
     vit = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
     for i in range(depths[2]):
         names += [f"blocks3.{i}.{part}.{t}" for part in vit for t in ("weight", "bias")]
-    names += ["norm.weight", "norm.bias", "mask_token", "decoder_embed.weight", "decoder_embed.bias", "decoder_pos_embed"]
+    names += [
+        "norm.weight",
+        "norm.bias",
+        "mask_token",
+        "decoder_embed.weight",
+        "decoder_embed.bias",
+        "decoder_pos_embed",
+    ]
     for i in range(decoder_depth):
         names += [f"decoder_blocks.{i}.{part}.{t}" for part in vit for t in ("weight", "bias")]
     names += ["decoder_norm.weight", "decoder_norm.bias", "decoder_pred.weight", "decoder_pred.bias"]
@@ -121,8 +140,9 @@ def test_pos_embed_is_the_released_sincos(base):
     omega = 10000.0 ** (-k / quarter)
     for index in (0, 15, 100, 195):
         row, col = divmod(index, 14)
-        expected = torch.cat([torch.sin(col * omega), torch.cos(col * omega),
-                              torch.sin(row * omega), torch.cos(row * omega)]).float()
+        expected = torch.cat(
+            [torch.sin(col * omega), torch.cos(col * omega), torch.sin(row * omega), torch.cos(row * omega)]
+        ).float()
         torch.testing.assert_close(pe[index], expected, atol=1e-6, rtol=0)
     assert pe.shape == (196, D)
     assert torch.equal(sincos_2d(512, (14, 14)), base.decoder_pos_embed[0])
@@ -137,6 +157,7 @@ def test_forward_shapes_and_loss_on_masked_patches_only(base):
     assert latent.shape == (2, 49, 768)
     # the loss is the MSE of the masked patches only: recompute by hand
     from infmae.model.patchify import patchify
+
     per_patch = ((out.pred - patchify(imgs)) ** 2).mean(-1)
     expected = per_patch[out.mask.bool()].mean()
     torch.testing.assert_close(out.loss, expected)

@@ -1,4 +1,5 @@
 """Trainer: schedule, parameter groups, atomic checkpoints, exact resume, bad files, non-finite loss."""
+
 import json
 import math
 
@@ -14,13 +15,22 @@ from infmae.training.trainer import Trainer
 
 
 def tiny_config(data_path, **train):
-    model = ModelConfig(img_size=(48, 48), embed_dims=(16, 24, 32), depths=(1, 1, 1), num_heads=2,
-                        decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
-    settings = dict(batch_size=4, epochs=3, warmup_epochs=1, blr=1e-2, log_every=1, checkpoint_every=1000,
-                    visualize_every=0)
+    model = ModelConfig(
+        img_size=(48, 48),
+        embed_dims=(16, 24, 32),
+        depths=(1, 1, 1),
+        num_heads=2,
+        decoder_embed_dim=32,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
+    settings = dict(
+        batch_size=4, epochs=3, warmup_epochs=1, blr=1e-2, log_every=1, checkpoint_every=1000, visualize_every=0
+    )
     settings.update(train)
-    return Config(model=model, data=DataConfig(path=str(data_path), num_workers=0), train=TrainConfig(**settings),
-                  preset="test")
+    return Config(
+        model=model, data=DataConfig(path=str(data_path), num_workers=0), train=TrainConfig(**settings), preset="test"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +63,17 @@ def test_schedule_warms_up_linearly_then_follows_a_half_cosine():
 
 
 def test_parameter_groups_follow_the_release():
-    model = InfMAE(ModelConfig(img_size=(32, 32), embed_dims=(16, 24, 32), depths=(1, 1, 1), num_heads=2,
-                               decoder_embed_dim=32, decoder_num_heads=2, decoder_depth=1))
+    model = InfMAE(
+        ModelConfig(
+            img_size=(32, 32),
+            embed_dims=(16, 24, 32),
+            depths=(1, 1, 1),
+            num_heads=2,
+            decoder_embed_dim=32,
+            decoder_num_heads=2,
+            decoder_depth=1,
+        )
+    )
     decay, no_decay = parameter_groups(model, 0.05)
     ids = {id(p): n for n, p in model.named_parameters()}
     decayed = {ids[id(p)] for p in decay["params"]}
@@ -116,8 +135,9 @@ def test_async_checkpoints_equal_sync_ones_and_resume_exactly(tmp_path, clean_da
     sync, background = tmp_path / "sync", tmp_path / "async"
     Trainer(tiny_config(clean_data, max_steps=2 * steps, checkpoint_every=2), sync).fit()
     Trainer(tiny_config(clean_data, max_steps=steps, checkpoint_every=1, async_checkpoint=True), background).fit()
-    Trainer(tiny_config(clean_data, max_steps=2 * steps, checkpoint_every=3, async_checkpoint=True), background,
-            resume=True).fit()
+    Trainer(
+        tiny_config(clean_data, max_steps=2 * steps, checkpoint_every=3, async_checkpoint=True), background, resume=True
+    ).fit()
     assert losses(background) == losses(sync)  # bitwise
     assert ckpt.latest_checkpoint(background).name == f"step_{2 * steps:08d}.pt"
     a, b = ckpt.load_checkpoint(sync), ckpt.load_checkpoint(background)
@@ -166,8 +186,13 @@ def test_bad_files_are_reported_and_skipped_and_the_run_finishes(tmp_path, dirty
     assert summary.steps == trainer.total_steps
     skipped = dict(line.split("\t") for line in (run / "skipped_files.tsv").read_text().splitlines())
     reasons = {path.rsplit("/", 1)[-1]: reason for path, reason in skipped.items()}
-    expected = {"empty": "empty", "not_an_image": "not an image", "tiny_12x12": "too_small",
-                "truncated": "truncated", "corrupt_body16": "decod"}
+    expected = {
+        "empty": "empty",
+        "not_an_image": "not an image",
+        "tiny_12x12": "too_small",
+        "truncated": "truncated",
+        "corrupt_body16": "decod",
+    }
     for stem, reason in expected.items():
         match = [name for name in reasons if stem in name]
         assert match, f"{stem} was not reported: {sorted(reasons)}"
@@ -180,7 +205,9 @@ def test_a_non_finite_loss_stops_the_run_with_where_and_why(tmp_path, clean_data
     trainer = Trainer(tiny_config(clean_data, max_steps=3), tmp_path / "run")
     with torch.no_grad():
         trainer.model.decoder_pred.bias.fill_(math.inf)
-    with pytest.raises(FloatingPointError, match=r"steps 1 and 1; last batch indices \[.*\]; last good checkpoint none"):
+    with pytest.raises(
+        FloatingPointError, match=r"steps 1 and 1; last batch indices \[.*\]; last good checkpoint none"
+    ):
         trainer.fit()
 
 

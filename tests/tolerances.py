@@ -2,6 +2,7 @@
 
 Integer outputs (ids, masks, visibility maps) are never here: they are compared exactly.
 """
+
 import torch
 
 TOLERANCES = {
@@ -26,17 +27,17 @@ TOLERANCES = {
     # sums up to ~|70| (ulp 7.6e-6); measured 1.3e-5 at |72|, 1e-4 leaves ~10x margin.
     ("triton_mask_token_grad", torch.float32): (1e-4, 1e-6),
     # both sums rounded to bf16: one bf16 ulp apart at most, <= 2^-7 of the value.
-    ("triton_mask_token_grad", torch.bfloat16): (1e-4, 2 ** -7),
+    ("triton_mask_token_grad", torch.bfloat16): (1e-4, 2**-7),
     # the same for fp16: one fp16 ulp <= 2^-10 of the value.
-    ("triton_mask_token_grad", torch.float16): (1e-4, 2 ** -10),
+    ("triton_mask_token_grad", torch.float16): (1e-4, 2**-10),
     # Triton depthwise tile conv vs its twin run in fp32 on the same values (forward, input, weight and bias
     # gradients). fp32: both sum in fp32 in different orders; the weight and bias gradients sum up to a few
     # hundred N(0,1) products (|value| ~ 20-40, ulp ~ 4e-6; 7.6e-6 measured): 1e-4 absolute.
     ("triton_depthwise_tiles", torch.float32): (1e-4, 1e-5),
     # 16-bit outputs: the kernel rounds its fp32 sum once (nearest-even): within half an ulp of the fp32
     # result, 2^-9 (bf16) and 2^-12 (fp16) relative, plus the fp32 order differences above; 2x margin.
-    ("triton_depthwise_tiles", torch.bfloat16): (1e-4, 2 ** -8),
-    ("triton_depthwise_tiles", torch.float16): (1e-4, 2 ** -11),
+    ("triton_depthwise_tiles", torch.bfloat16): (1e-4, 2**-8),
+    ("triton_depthwise_tiles", torch.float16): (1e-4, 2**-11),
     # sparse encoder (visible tiles) vs the dense encoder, model level. fp64: the same products summed in
     # another order (matmul vs conv), ~1e-15 measured.
     ("sparse_encoder", torch.float64): (1e-12, 1e-10),

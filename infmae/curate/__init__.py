@@ -4,9 +4,18 @@ Modules: :mod:`.hashes` (8-bit view, entropy, pixel SHA-256, pHash), :mod:`.scan
 scan into SQLite), :mod:`.index` (multi-index hashing, union-find), :mod:`.manifest` (decisions and
 ``manifest.csv``), :mod:`.report` (statistics and PNGs), :mod:`.pipeline` (the command).
 """
+
 from .hashes import eight_bit_view, entropy_bits, phash64, pixel_sha256
 from .manifest import MANIFEST_COLUMNS, read_manifest_rows
 from .pipeline import CurateResult, curate
 
-__all__ = ["CurateResult", "MANIFEST_COLUMNS", "curate", "eight_bit_view", "entropy_bits", "phash64",
-           "pixel_sha256", "read_manifest_rows"]
+__all__ = [
+    "CurateResult",
+    "MANIFEST_COLUMNS",
+    "curate",
+    "eight_bit_view",
+    "entropy_bits",
+    "phash64",
+    "pixel_sha256",
+    "read_manifest_rows",
+]

@@ -19,6 +19,7 @@ Legend: H, W = image height and width; C = channels (1 or 3).
   Affine brightness/contrast changes, mild noise, small shifts and re-quantisation move only a few bits.
   :func:`dct_hashes` also returns the 256-bit variant (16x16 block) used to verify candidate pairs.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -21,6 +21,7 @@ highest bit of ``f`` is clear, because the other end of each such pair probes it
 
 :class:`UnionFind` turns the pairs into groups (connected components).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -141,7 +142,7 @@ def _chunk_pairs(hashes: np.ndarray, chunk: Chunk, threshold: int) -> list[np.nd
     for mask in _flip_masks(chunk.key_bits, chunk.radius).tolist():
         high_bit = 1 << (mask.bit_length() - 1) if mask else 0
         for start in range(0, m, _QUERY_BLOCK):
-            block_keys = sorted_keys[start:start + _QUERY_BLOCK]
+            block_keys = sorted_keys[start : start + _QUERY_BLOCK]
             if mask:  # each pair from its end whose key has the mask's highest bit clear
                 query = np.flatnonzero((block_keys & high_bit) == 0)
                 wanted = block_keys[query] ^ mask
@@ -186,7 +187,9 @@ def near_pairs(hashes: np.ndarray, threshold: int, layout: list[Chunk] | None = 
         return np.zeros((0, 2), np.int64)
     layout = chunk_layout(m, threshold) if layout is None else layout
     if sum(c.width for c in layout) != 64 or sum(c.radius + 1 for c in layout) <= threshold:
-        raise ValueError(f"near_pairs: expected chunks covering 64 bits with sum(radius + 1) > {threshold}, got {layout}")
+        raise ValueError(
+            f"near_pairs: expected chunks covering 64 bits with sum(radius + 1) > {threshold}, got {layout}"
+        )
     found = [pairs for chunk in layout for pairs in _chunk_pairs(hashes, chunk, threshold)]
     if not found:
         return np.zeros((0, 2), np.int64)

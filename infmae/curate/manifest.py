@@ -25,6 +25,7 @@ columns :data:`MANIFEST_COLUMNS`; it is written to a temporary name and renamed,
 written. ``OUT/curate.json`` records the absolute SRC (the loader resolves the paths against it), the
 options and the counts.
 """
+
 from __future__ import annotations
 
 import csv
@@ -42,8 +43,22 @@ from .hashes import hex_to_words, popcount64
 from .index import UnionFind, near_pairs
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
-    "path", "status", "reason", "width", "height", "bits", "channels", "entropy", "sha256", "phash",
-    "group", "anchor", "format", "size_bytes", "phash256", "error",
+    "path",
+    "status",
+    "reason",
+    "width",
+    "height",
+    "bits",
+    "channels",
+    "entropy",
+    "sha256",
+    "phash",
+    "group",
+    "anchor",
+    "format",
+    "size_bytes",
+    "phash256",
+    "error",
 )
 REASONS: tuple[str, ...] = ("unreadable", "too_small", "duplicate", "near_duplicate")
 ANCHOR_RULES: tuple[str, ...] = ("largest", "entropy")
@@ -199,15 +214,31 @@ def write_manifest(connection: sqlite3.Connection, decisions: Decisions, out: Pa
     with open(partial, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(MANIFEST_COLUMNS)
-        for i, (rel, width, height, bits, channels, entropy, sha, phash, fmt, size, phash256, error) in enumerate(cursor):
+        for i, (rel, width, height, bits, channels, entropy, sha, phash, fmt, size, phash256, error) in enumerate(
+            cursor
+        ):
             assert rel == decisions.paths[i], "store changed while writing the manifest"
             reason = decisions.reason[i]
-            writer.writerow([
-                rel, "drop" if reason else "keep", reason, "" if width is None else width,
-                "" if height is None else height, "" if bits is None else bits, "" if channels is None else channels,
-                "" if entropy is None else f"{entropy:.4f}", sha or "", phash or "", decisions.group[i],
-                decisions.anchor[i], fmt or "", size, phash256 or "", error or "",
-            ])
+            writer.writerow(
+                [
+                    rel,
+                    "drop" if reason else "keep",
+                    reason,
+                    "" if width is None else width,
+                    "" if height is None else height,
+                    "" if bits is None else bits,
+                    "" if channels is None else channels,
+                    "" if entropy is None else f"{entropy:.4f}",
+                    sha or "",
+                    phash or "",
+                    decisions.group[i],
+                    decisions.anchor[i],
+                    fmt or "",
+                    size,
+                    phash256 or "",
+                    error or "",
+                ]
+            )
     os.replace(partial, path)
     return path
 

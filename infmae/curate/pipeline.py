@@ -3,6 +3,7 @@
 Outputs in OUT: ``scan.sqlite`` (resumable per-file results), ``manifest.csv``, ``curate.json``,
 ``report.md`` with ``entropy_hist.png``, ``resolution_hist.png`` and ``duplicate_groups.png``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,15 +60,29 @@ def curate(
     counts = decisions.counts
     logger.info(
         "curate: %d files, %d kept; dropped %d unreadable, %d too small, %d duplicates, %d near-duplicates "
-        "(%d groups); manifest %s", counts["total"], counts["keep"], counts["unreadable"], counts["too_small"],
-        counts["duplicate"], counts["near_duplicate"], counts["groups"], manifest,
+        "(%d groups); manifest %s",
+        counts["total"],
+        counts["keep"],
+        counts["unreadable"],
+        counts["too_small"],
+        counts["duplicate"],
+        counts["near_duplicate"],
+        counts["groups"],
+        manifest,
     )
     return CurateResult(scan=stats, counts=counts, manifest=manifest, report=report_path, decide_seconds=decide_seconds)
 
 
 def run(args: argparse.Namespace) -> int:
     """The ``infmae curate`` handler (flags defined in :func:`infmae.cli.build_parser`)."""
-    result = curate(args.src, args.output, min_size=args.min_size, hamming=args.hamming, anchor=args.anchor,
-                    sequence_aware=args.sequence_aware, workers=args.workers)
+    result = curate(
+        args.src,
+        args.output,
+        min_size=args.min_size,
+        hamming=args.hamming,
+        anchor=args.anchor,
+        sequence_aware=args.sequence_aware,
+        workers=args.workers,
+    )
     logger.info("curate: report %s", result.report)
     return 0

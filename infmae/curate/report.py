@@ -9,6 +9,7 @@ tables of bit depths, channels, formats and the commonest resolutions, and links
   (green frame) then dropped members (red frame: exact duplicate; orange: near-duplicate), each tile
   labelled with its Hamming distance to the anchor, so a person can check the threshold.
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,8 +63,15 @@ def _tile(src: Path, rel: str, side: int) -> Image.Image:
     return tile.convert("RGB")
 
 
-def sample_sheet(src: Path, decisions: Decisions, phash: dict[int, int], path: Path,
-                 sheet_groups: int = 8, per_group: int = 6, side: int = 96) -> Path | None:
+def sample_sheet(
+    src: Path,
+    decisions: Decisions,
+    phash: dict[int, int],
+    path: Path,
+    sheet_groups: int = 8,
+    per_group: int = 6,
+    side: int = 96,
+) -> Path | None:
     """Write the duplicate-group sheet (largest groups first); ``None`` when there is no group."""
     groups = sorted(decisions.groups.items(), key=lambda item: (-len(item[1]), item[0]))[:sheet_groups]
     if not groups:
@@ -106,7 +114,9 @@ def write_report(connection: sqlite3.Connection, decisions: Decisions, src: Path
     readable = kept = 0
     in_groups = {i for members in decisions.groups.values() for i in members}
     phash: dict[int, int] = {}
-    cursor = connection.execute("SELECT width, height, bits, channels, entropy, format, phash, error FROM files ORDER BY path")
+    cursor = connection.execute(
+        "SELECT width, height, bits, channels, entropy, format, phash, error FROM files ORDER BY path"
+    )
     for i, (width, height, nbits, nchan, entropy, fmt, ph, error) in enumerate(cursor):
         formats[fmt or "?"] += 1
         if error is not None:
@@ -123,33 +133,55 @@ def write_report(connection: sqlite3.Connection, decisions: Decisions, src: Path
         resolutions[f"{width}x{height}"] += 1
         if i in in_groups:
             phash[i] = int(ph, 16)
-    bar_chart(entropy_bins.tolist(), [f"{8 * k / 32:.1f}" for k in range(32)],
-              "entropy of the 8-bit view (bits), readable images", out / "entropy_hist.png")
+    bar_chart(
+        entropy_bins.tolist(),
+        [f"{8 * k / 32:.1f}" for k in range(32)],
+        "entropy of the 8-bit view (bits), readable images",
+        out / "entropy_hist.png",
+    )
     sides = list(range(min(side_bins, default=0), max(side_bins, default=0) + 1))
-    bar_chart([side_bins[s] for s in sides], [f"{2 ** s}" for s in sides],
-              "long side (px, log2 bins), readable images", out / "resolution_hist.png")
+    bar_chart(
+        [side_bins[s] for s in sides],
+        [f"{2**s}" for s in sides],
+        "long side (px, log2 bins), readable images",
+        out / "resolution_hist.png",
+    )
     sheet = sample_sheet(src, decisions, phash, out / "duplicate_groups.png")
     counts = decisions.counts
     lines = [
-        "# Curation report", "",
-        f"Source: `{Path(src).resolve()}`; options: " + ", ".join(f"{k}={v}" for k, v in options.items()), "",
+        "# Curation report",
+        "",
+        f"Source: `{Path(src).resolve()}`; options: " + ", ".join(f"{k}={v}" for k, v in options.items()),
+        "",
         f"{counts['total']} files, {counts['keep']} kept, {counts['total'] - counts['keep']} dropped, "
-        f"{counts['groups']} duplicate / near-duplicate groups.", "",
-        "| reason | files |", "|---|---:|",
+        f"{counts['groups']} duplicate / near-duplicate groups.",
+        "",
+        "| reason | files |",
+        "|---|---:|",
     ]
     lines += [f"| {r} | {counts[r]} |" for r in REASONS] + [f"| (kept) | {counts['keep']} |", ""]
     mean_all = entropy_sum / readable if readable else float("nan")
     mean_kept = kept_sum / kept if kept else float("nan")
-    lines += [f"Mean entropy (Shannon, 256-bin histogram of the 8-bit view): {mean_all:.3f} bits over "
-              f"{readable} readable images, {mean_kept:.3f} bits over {kept} kept images "
-              "(Inf30: 6.44, ImageNet-1K: 7.19).", "",
-              "![entropy](entropy_hist.png)", "", "![long side](resolution_hist.png)", ""]
+    lines += [
+        f"Mean entropy (Shannon, 256-bin histogram of the 8-bit view): {mean_all:.3f} bits over "
+        f"{readable} readable images, {mean_kept:.3f} bits over {kept} kept images "
+        "(Inf30: 6.44, ImageNet-1K: 7.19).",
+        "",
+        "![entropy](entropy_hist.png)",
+        "",
+        "![long side](resolution_hist.png)",
+        "",
+    ]
     lines += _table("bit depth", bits) + _table("channels", channels) + _table("format (all files)", formats)
     lines += _table("resolution (W x H), commonest", resolutions)
     if sheet is not None:
-        lines += ["Duplicate groups (largest first; green = anchor kept, red = exact duplicate, orange = "
-                  "near-duplicate, d = Hamming distance of the pHash to the anchor's):", "",
-                  "![groups](duplicate_groups.png)", ""]
+        lines += [
+            "Duplicate groups (largest first; green = anchor kept, red = exact duplicate, orange = "
+            "near-duplicate, d = Hamming distance of the pHash to the anchor's):",
+            "",
+            "![groups](duplicate_groups.png)",
+            "",
+        ]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

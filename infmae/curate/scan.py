@@ -13,6 +13,7 @@ Each row holds: ``format`` (Pillow's, e.g. PNG/TIFF/JPEG/BMP), ``width``, ``heig
 and ``error`` (the reader's reason when the file is unreadable; then the pixel columns are empty, the size is kept when the header could be read).
 See :mod:`infmae.curate.hashes` for the definitions.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,19 @@ from .hashes import dct_hashes, eight_bit_view, entropy_bits, pixel_sha256
 logger = logging.getLogger(__name__)
 
 COLUMNS: tuple[str, ...] = (
-    "path", "size", "mtime_ns", "format", "width", "height", "bits", "channels",
-    "entropy", "sha256", "phash", "phash256", "error",
+    "path",
+    "size",
+    "mtime_ns",
+    "format",
+    "width",
+    "height",
+    "bits",
+    "channels",
+    "entropy",
+    "sha256",
+    "phash",
+    "phash256",
+    "error",
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -77,9 +89,15 @@ def scan_file(src: str, rel: str, size: int, mtime_ns: int) -> tuple:
         view = eight_bit_view(array)
         phash, phash256 = dct_hashes(view)
         row.update(
-            format=_format_of(path), height=int(array.shape[0]), width=int(array.shape[1]),
-            bits=16 if array.dtype.itemsize == 2 else 8, channels=int(array.shape[2]),
-            entropy=entropy_bits(view), sha256=pixel_sha256(array), phash=f"{phash:016x}", phash256=phash256,
+            format=_format_of(path),
+            height=int(array.shape[0]),
+            width=int(array.shape[1]),
+            bits=16 if array.dtype.itemsize == 2 else 8,
+            channels=int(array.shape[2]),
+            entropy=entropy_bits(view),
+            sha256=pixel_sha256(array),
+            phash=f"{phash:016x}",
+            phash256=phash256,
         )
     except ImageReadError as exc:
         row["error"] = exc.reason
@@ -175,7 +193,9 @@ def scan(
     connection = open_store(out)
     try:
         _check_source(connection, src, Path(out))
-        known = {path: (size, mtime) for path, size, mtime in connection.execute("SELECT path, size, mtime_ns FROM files")}
+        known = {
+            path: (size, mtime) for path, size, mtime in connection.execute("SELECT path, size, mtime_ns FROM files")
+        }
         current = {rel for rel, _, _ in listing}
         stale = [(path,) for path in known if path not in current]
         if stale:
@@ -183,8 +203,14 @@ def scan(
             connection.commit()
         todo = [(str(src), rel, size, mtime) for rel, size, mtime in listing if known.get(rel) != (size, mtime)]
         del known, current
-        logger.info("curate scan: %d files under %s, %d already scanned, %d to read with %d worker(s)",
-                    len(listing), src, len(listing) - len(todo), len(todo), workers)
+        logger.info(
+            "curate scan: %d files under %s, %d already scanned, %d to read with %d worker(s)",
+            len(listing),
+            src,
+            len(listing) - len(todo),
+            len(todo),
+            workers,
+        )
         insert = f"INSERT OR REPLACE INTO files ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
         last_log = time.perf_counter()
         done = 0
@@ -199,8 +225,13 @@ def scan(
             now = time.perf_counter()
             if now - last_log >= progress_seconds or done == len(todo):
                 rate = done / max(now - start, 1e-9)
-                logger.info("curate scan: %d / %d files (%.0f files/s, ETA %.0f s)",
-                            done, len(todo), rate, (len(todo) - done) / max(rate, 1e-9))
+                logger.info(
+                    "curate scan: %d / %d files (%.0f files/s, ETA %.0f s)",
+                    done,
+                    len(todo),
+                    rate,
+                    (len(todo) - done) / max(rate, 1e-9),
+                )
                 last_log = now
 
         if workers == 1 or len(todo) <= 1:

@@ -130,8 +130,13 @@ def _decode_image(encoded, gpu: bool, rgb: bool):
     does not by default: colour JPEGs would otherwise differ from the reference loader's."""
     from nvidia.dali import fn, types
 
-    return fn.decoders.image(encoded, device="mixed" if gpu else "cpu", dtype=types.UINT16,
-                             output_type=types.RGB if rgb else types.GRAY, jpeg_fancy_upsampling=True)
+    return fn.decoders.image(
+        encoded,
+        device="mixed" if gpu else "cpu",
+        dtype=types.UINT16,
+        output_type=types.RGB if rgb else types.GRAY,
+        jpeg_fancy_upsampling=True,
+    )
 
 
 def decode_file(path: str | os.PathLike, rgb: bool = False, device_id: int | None = None) -> np.ndarray:
@@ -143,7 +148,7 @@ def decode_file(path: str | os.PathLike, rgb: bool = False, device_id: int | Non
     Raises:
         ImageReadError: DALI cannot decode it (the first error line of DALI's message as the reason).
     """
-    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import fn, pipeline_def
 
     from .io import ImageReadError
 
@@ -160,8 +165,10 @@ def decode_file(path: str | os.PathLike, rgb: bool = False, device_id: int | Non
         (out,) = pipe.run()
     except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError/ValueError with a long trace
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = next((line for line in lines if line.startswith("Failed to decode")),
-                      next((line for line in lines if line.startswith("Error in")), type(exc).__name__))
+        detail = next(
+            (line for line in lines if line.startswith("Failed to decode")),
+            next((line for line in lines if line.startswith("Error in")), type(exc).__name__),
+        )
         if detail.startswith(("Failed to decode", "Error in")):
             detail = "corrupt or truncated pixel data"
         raise ImageReadError(path, f"DALI cannot decode it ({detail[:200]})") from None
@@ -203,13 +210,18 @@ class DaliLoader(ReferenceLoader):
         dtype: torch.dtype = torch.float32,
         prefetch: int = 2,
     ):
-        super().__init__(dataset, batch_size, seed, num_workers=0, drop_last=True, rank=rank,
-                         world_size=world_size, pin_memory=False)
+        super().__init__(
+            dataset, batch_size, seed, num_workers=0, drop_last=True, rank=rank, world_size=world_size, pin_memory=False
+        )
         import_dali()
         if not isinstance(dataset, ImageFolderDataset):
-            raise TypeError(f"DaliLoader: expected an ImageFolderDataset, got {type(dataset).__name__}; "
-                            "build one over a folder, a manifest or a pack")
-        unknown = [dataset.paths[i] for i, (s, k) in enumerate(zip(dataset.sizes, dataset.kinds)) if s is None or k is None]
+            raise TypeError(
+                f"DaliLoader: expected an ImageFolderDataset, got {type(dataset).__name__}; "
+                "build one over a folder, a manifest or a pack"
+            )
+        unknown = [
+            dataset.paths[i] for i, (s, k) in enumerate(zip(dataset.sizes, dataset.kinds)) if s is None or k is None
+        ]
         if unknown:
             raise ValueError(
                 f"DaliLoader: expected every image's size, channels and bit depth, got none for {len(unknown)} "
@@ -233,13 +245,21 @@ class DaliLoader(ReferenceLoader):
             self.channels = 3 if (any_colour or dataset._gray_needs_expand) else 1
         self.average_colour = any_colour and self.channels == 1
         self.stored_ranges = self.packed is not None and self.packed.mapping == (
-            dataset.sixteen_bit_mode, dataset.low, dataset.high)
+            dataset.sixteen_bit_mode,
+            dataset.low,
+            dataset.high,
+        )
         self._mean = channel_vector("DaliLoader", "mean", dataset.mean, self.channels).flatten().tolist()
         self._std = channel_vector("DaliLoader", "std", dataset.std, self.channels).flatten().tolist()
-        logger.info("DALI loader: %s source, %s, %d threads, %s decode, %d channel(s) out%s",
-                    self.source, "CPU mode" if device_id is None else f"GPU {device_id}", self.num_threads,
-                    "RGB" if self.decode_rgb else "GRAY", self.channels,
-                    ", stored 16-bit ranges" if self.stored_ranges else "")
+        logger.info(
+            "DALI loader: %s source, %s, %d threads, %s decode, %d channel(s) out%s",
+            self.source,
+            "CPU mode" if device_id is None else f"GPU {device_id}",
+            self.num_threads,
+            "RGB" if self.decode_rgb else "GRAY",
+            self.channels,
+            ", stored 16-bit ranges" if self.stored_ranges else "",
+        )
 
     # ------------------------------------------------------------------------------------------
     # host side: which files, their bytes and their per-sample parameters
@@ -255,8 +275,10 @@ class DaliLoader(ReferenceLoader):
                 return position, skipped
             skipped.append((path, reason))
         names = "; ".join(f"{p} ({r})" for p, r in skipped)
-        raise RuntimeError(f"DaliLoader: {len(skipped)} consecutive files from position {index} are unreadable: "
-                           f"{names}; run `infmae curate` on the data and train on its manifest")
+        raise RuntimeError(
+            f"DaliLoader: {len(skipped)} consecutive files from position {index} are unreadable: "
+            f"{names}; run `infmae curate` on the data and train on its manifest"
+        )
 
     def _mark_unreadable(self, path: str, reason: str) -> None:
         if path not in self.dataset._unreadable:
@@ -308,16 +330,27 @@ class DaliLoader(ReferenceLoader):
             flips.append(np.array(int(params.flip), np.int32))
             if self.packed is not None:
                 entry = self.packed.entries[self.dataset.pack_ids[position]]
-                layouts.append(np.array([entry.height, entry.width, entry.channels, bits // 8, entry.nbytes,
-                                         entry.chunk_len], np.int32))
+                layouts.append(
+                    np.array(
+                        [entry.height, entry.width, entry.channels, bits // 8, entry.nbytes, entry.chunk_len], np.int32
+                    )
+                )
                 if self.stored_ranges:
                     lo, hi = (0.0, 65535.0) if bits == 8 else (entry.lo, entry.hi)
                     ranges.append(np.array(_lo_denominator(lo, hi), np.float32))
-        feeds = {"payload": payloads, "kind": kinds, "start": starts, "shape": shapes, "flip": flips,
-                 "layout": layouts, "ranges": ranges}
+        feeds = {
+            "payload": payloads,
+            "kind": kinds,
+            "start": starts,
+            "shape": shapes,
+            "flip": flips,
+            "layout": layouts,
+            "ranges": ranges,
+        }
         if "chunk_sizes" in self._feed_names:
-            feeds["chunk_sizes"] = [np.array(self.packed.entries[self.dataset.pack_ids[p]].chunk_sizes, np.int32)
-                                    for p in positions]
+            feeds["chunk_sizes"] = [
+                np.array(self.packed.entries[self.dataset.pack_ids[p]].chunk_sizes, np.int32) for p in positions
+            ]
         return _Prepared(positions, skipped, tuple(feeds[name] for name in self._feed_names))
 
     @property
@@ -335,8 +368,8 @@ class DaliLoader(ReferenceLoader):
     # the DALI graph
     def _build(self, prepared: Iterator[_Prepared]):
         """A pipeline whose external source pulls one prepared batch per iteration from ``prepared``."""
-        from nvidia.dali import fn, pipeline_def, types
         import nvidia.dali.math as dmath
+        from nvidia.dali import fn, pipeline_def, types
 
         ds = self.dataset
         gpu = self.device_id is not None
@@ -351,15 +384,24 @@ class DaliLoader(ReferenceLoader):
             self._inflight.append(item)
             return item.feeds
 
-        @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
-                      prefetch_queue_depth=self.prefetch)
+        @pipeline_def(
+            batch_size=self.batch_size,
+            num_threads=self.num_threads,
+            device_id=self.device_id,
+            prefetch_queue_depth=self.prefetch,
+        )
         def pipeline():
             feeds = dict(zip(names, fn.external_source(source=source, num_outputs=len(names), batch=True)))
             payload, start, shape, flip = feeds["payload"], feeds["start"], feeds["shape"], feeds["flip"]
             if packed:
                 layout = feeds["layout"]
-                chunks = fn.decoders.inflate(payload.gpu(), shape=layout[5:6], chunk_sizes=feeds.get("chunk_sizes"),
-                                             dtype=types.UINT8) if gpu else payload  # [chunks, chunk_len]
+                chunks = (
+                    fn.decoders.inflate(
+                        payload.gpu(), shape=layout[5:6], chunk_sizes=feeds.get("chunk_sizes"), dtype=types.UINT8
+                    )
+                    if gpu
+                    else payload
+                )  # [chunks, chunk_len]
                 flat = fn.reshape(chunks, shape=[-1])
                 flat = fn.slice(flat, start=[0], shape=layout[4:5], axes=[0])  # drop the padding
                 pairs = fn.reshape(flat, shape=layout[0:4])  # [H, W, C, bps], little-endian bytes
@@ -373,20 +415,29 @@ class DaliLoader(ReferenceLoader):
             else:
                 kind = feeds["kind"]
                 lo_den = fn.dl_tensor_python_function(
-                    image, kind.gpu() if gpu else kind, function=batch_ranges(mode, low, high),
-                    batch_processing=True, num_outputs=1, device="gpu" if gpu else "cpu")
+                    image,
+                    kind.gpu() if gpu else kind,
+                    function=batch_ranges(mode, low, high),
+                    batch_processing=True,
+                    num_outputs=1,
+                    device="gpu" if gpu else "cpu",
+                )
             crop = fn.slice(image, start=start, shape=shape, axes=[0, 1])
             x = dmath.clamp((fn.cast(crop, dtype=types.FLOAT) - lo_den[0]) / lo_den[1], 0.0, 1.0)
             if self.channels == 3:
                 x = x * types.Constant(np.ones((1, 1, 3), np.float32))  # gray [h,w,1] -> [h,w,3]; colour unchanged
             elif self.average_colour:
                 x = fn.reductions.mean(x, axes=[2], keep_dims=True)
-            x = fn.resize(x, size=[out_h, out_w], interp_type=types.INTERP_CUBIC, antialias=True,
-                          dtype=types.FLOAT)
+            x = fn.resize(x, size=[out_h, out_w], interp_type=types.INTERP_CUBIC, antialias=True, dtype=types.FLOAT)
             x = dmath.clamp(x, 0.0, 1.0)
             return fn.crop_mirror_normalize(
-                x, mirror=flip, mean=self._mean, std=self._std, output_layout="CHW",
-                dtype=types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT)
+                x,
+                mirror=flip,
+                mean=self._mean,
+                std=self._std,
+                output_layout="CHW",
+                dtype=types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT,
+            )
 
         pipe = pipeline()
         pipe.build()
@@ -410,6 +461,7 @@ class DaliLoader(ReferenceLoader):
         on a GPU and the CPU decoder reads every suspect, the failure is the GPU decoder's own (nvJPEG
         rejects some files libjpeg reads), so the suspects are probed again with the ``mixed`` decoder.
         """
+
         def probe(device_id: int | None) -> list[tuple[str, str]]:
             bad = []
             for position in positions:
@@ -433,22 +485,28 @@ class DaliLoader(ReferenceLoader):
         """Yield the batches of ``epoch`` from ``start_step`` on, on the pipeline's device (see the class doc)."""
         steps = self.steps_per_epoch
         if not 0 <= start_step <= steps:
-            raise ValueError(f"DaliLoader.iter_epoch: expected 0 <= start_step <= {steps}, got {start_step}; "
-                             "resume from the step stored in the checkpoint")
+            raise ValueError(
+                f"DaliLoader.iter_epoch: expected 0 <= start_step <= {steps}, got {start_step}; "
+                "resume from the step stored in the checkpoint"
+            )
         batches = self.epoch_batches(epoch)
         self.dataset.set_epoch(epoch)
         step = start_step
         while step < steps:
             # host-side preparation runs ahead in a thread, off the training loop's thread
-            prepared = ThreadPrefetcher((self._prepare(b, epoch) for b in batches[step:]),
-                                        depth=self.prefetch + 1, name="dali-prepare")
+            prepared = ThreadPrefetcher(
+                (self._prepare(b, epoch) for b in batches[step:]), depth=self.prefetch + 1, name="dali-prepare"
+            )
             pipe = self._build(prepared)
             try:
                 while step < steps:
                     (images,) = pipe.run()
                     item = self._inflight.pop(0)
-                    batch = Batch(images=self._to_tensor(images),
-                                  indices=torch.tensor(item.positions, dtype=torch.int64), skipped=item.skipped)
+                    batch = Batch(
+                        images=self._to_tensor(images),
+                        indices=torch.tensor(item.positions, dtype=torch.int64),
+                        skipped=item.skipped,
+                    )
                     for path, reason in item.skipped:
                         self._skipped.setdefault(path, reason)
                     step += 1

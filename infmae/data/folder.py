@@ -216,8 +216,10 @@ class ImageFolderDataset(Dataset):
             source = f"manifest {root} (paths relative to {self.root_dir})"
         elif root.is_dir() and is_pack(root):
             if base is not None:
-                raise ValueError(f"ImageFolderDataset: expected base only with a .csv manifest, got base={base} for "
-                                 f"pack {root}; drop base")
+                raise ValueError(
+                    f"ImageFolderDataset: expected base only with a .csv manifest, got base={base} for "
+                    f"pack {root}; drop base"
+                )
             self.root_dir = root
             self.packed = PackedReader(root)
             entries = self.packed.entries

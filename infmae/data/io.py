@@ -171,8 +171,9 @@ def read_image_info(path: str | os.PathLike) -> ImageInfo:
     wide_colour = _is_wide_colour(mode, raw_mode)
     if wide_colour and fmt not in _TIFF_FORMATS:
         raise ImageReadError(
-            path, f"16-bit colour {fmt} (raw mode {raw_mode}) would be truncated to 8 bits by Pillow; "
-            "convert it to 16-bit grayscale"
+            path,
+            f"16-bit colour {fmt} (raw mode {raw_mode}) would be truncated to 8 bits by Pillow; "
+            "convert it to 16-bit grayscale",
         )
     bits = 16 if (wide_colour or mode in _SIXTEEN_BIT_MODES or mode == "I") else 8
     channels = 1 if mode in _GRAY_MODES else 3
@@ -208,8 +209,8 @@ def _to_array(path: Path, img: Image.Image) -> np.ndarray:
         lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
         if lo < 0 or hi > 65535:
             raise ImageReadError(
-                path, f"32-bit integer image with values {lo}..{hi} outside the 16-bit range; "
-                "save it as 16-bit PNG/TIFF"
+                path,
+                f"32-bit integer image with values {lo}..{hi} outside the 16-bit range; save it as 16-bit PNG/TIFF",
             )
         return array.astype(np.uint16)[..., None]
     if mode == "F":
@@ -260,8 +261,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                 if img.format in _TIFF_FORMATS:
                     return _read_tiff_with_tifffile(path)
                 raise ImageReadError(
-                    path, f"16-bit colour {img.format} (raw mode {raw_mode}) would be truncated to 8 bits "
-                    "by Pillow; convert it to 16-bit grayscale"
+                    path,
+                    f"16-bit colour {img.format} (raw mode {raw_mode}) would be truncated to 8 bits "
+                    "by Pillow; convert it to 16-bit grayscale",
                 )
             try:
                 img.load()

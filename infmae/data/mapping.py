@@ -51,9 +51,7 @@ def _check_mode(op: str, mode: str, low: float, high: float) -> None:
     if mode not in SIXTEEN_BIT_MODES:
         raise ValueError(f"{op}: expected mode in {SIXTEEN_BIT_MODES}, got {mode!r}; the default is 'percentile'")
     if not (0.0 <= low < high <= 100.0):
-        raise ValueError(
-            f"{op}: expected 0 <= low < high <= 100, got low={low}, high={high}; the default is 0.5, 99.5"
-        )
+        raise ValueError(f"{op}: expected 0 <= low < high <= 100, got low={low}, high={high}; the default is 0.5, 99.5")
 
 
 def _percentiles_uint16(array: np.ndarray, qs: tuple[float, float]) -> tuple[float, float]:

@@ -60,8 +60,20 @@ PACK_FORMAT = "infmae-pack"
 PACK_VERSION = 1
 CHUNK_BYTES = 1 << 20
 INDEX_COLUMNS: tuple[str, ...] = (
-    "path", "shard", "offset", "chunk_len", "chunk_sizes", "height", "width", "channels", "bits", "lo", "hi",
-    "source_height", "source_width", "crc32",
+    "path",
+    "shard",
+    "offset",
+    "chunk_len",
+    "chunk_sizes",
+    "height",
+    "width",
+    "channels",
+    "bits",
+    "lo",
+    "hi",
+    "source_height",
+    "source_width",
+    "crc32",
 )
 
 
@@ -134,8 +146,9 @@ def compress_image(array: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> tuple[i
     chunks, chunk_len = chunk_layout(len(raw), chunk_bytes)
     raw = raw + bytes(chunks * chunk_len - len(raw))
     block = _lz4_block()
-    return chunk_len, [block.compress(raw[i * chunk_len : (i + 1) * chunk_len], store_size=False)
-                       for i in range(chunks)]
+    return chunk_len, [
+        block.compress(raw[i * chunk_len : (i + 1) * chunk_len], store_size=False) for i in range(chunks)
+    ]
 
 
 def _pack_one(job: tuple[str, str, int | None, int, str, float, float]) -> dict:
@@ -151,9 +164,17 @@ def _pack_one(job: tuple[str, str, int | None, int, str, float, float]) -> dict:
     lo, hi = image_range(array, mode, low, high)
     chunk_len, chunks = compress_image(array, chunk_bytes)
     return {
-        "path": rel, "chunk_len": chunk_len, "chunks": chunks, "height": array.shape[0], "width": array.shape[1],
-        "channels": array.shape[2], "bits": array.dtype.itemsize * 8, "lo": lo, "hi": hi,
-        "source_height": source_h, "source_width": source_w,
+        "path": rel,
+        "chunk_len": chunk_len,
+        "chunks": chunks,
+        "height": array.shape[0],
+        "width": array.shape[1],
+        "channels": array.shape[2],
+        "bits": array.dtype.itemsize * 8,
+        "lo": lo,
+        "hi": hi,
+        "source_height": source_h,
+        "source_width": source_w,
     }
 
 
@@ -235,11 +256,24 @@ def pack_dataset(
                 sizes = [len(c) for c in row["chunks"]]
                 packed_bytes += sum(sizes)
                 raw_bytes += row["height"] * row["width"] * row["channels"] * row["bits"] // 8
-                writer.writerow([
-                    row["path"], len(shards) - 1, offset, row["chunk_len"], ";".join(map(str, sizes)), row["height"],
-                    row["width"], row["channels"], row["bits"], repr(float(row["lo"])), repr(float(row["hi"])),
-                    row["source_height"], row["source_width"], crc,
-                ])
+                writer.writerow(
+                    [
+                        row["path"],
+                        len(shards) - 1,
+                        offset,
+                        row["chunk_len"],
+                        ";".join(map(str, sizes)),
+                        row["height"],
+                        row["width"],
+                        row["channels"],
+                        row["bits"],
+                        repr(float(row["lo"])),
+                        repr(float(row["hi"])),
+                        row["source_height"],
+                        row["source_width"],
+                        crc,
+                    ]
+                )
                 if done % 5000 == 0 or done == len(jobs):
                     elapsed = time.monotonic() - start
                     logger.info("pack: %d / %d files (%.0f files/s)", done, len(jobs), done / max(elapsed, 1e-9))
@@ -251,19 +285,35 @@ def pack_dataset(
     count = len(jobs) - len(skipped)
     if count == 0:
         shutil.rmtree(tmp)
-        raise ValueError(f"pack: expected at least one readable image among {len(jobs)} files in {root}; check the path")
+        raise ValueError(
+            f"pack: expected at least one readable image among {len(jobs)} files in {root}; check the path"
+        )
     info = {
-        "format": PACK_FORMAT, "version": PACK_VERSION, "count": count, "shards": shards,
-        "chunk_bytes": chunk_bytes, "max_side": max_side,
+        "format": PACK_FORMAT,
+        "version": PACK_VERSION,
+        "count": count,
+        "shards": shards,
+        "chunk_bytes": chunk_bytes,
+        "max_side": max_side,
         "mapping": {"sixteen_bit_mode": sixteen_bit_mode, "low": low, "high": high},
-        "raw_bytes": raw_bytes, "packed_bytes": packed_bytes, "source": source or str(root),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "skipped": skipped,
+        "raw_bytes": raw_bytes,
+        "packed_bytes": packed_bytes,
+        "source": source or str(root),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "skipped": skipped,
     }
     (tmp / "pack.json").write_text(json.dumps(info, indent=1))
     os.replace(tmp, out)
-    logger.info("pack: %d images, %.1f MB raw -> %.1f MB in %d shard(s) (%.2fx), %d skipped, in %s",
-                count, raw_bytes / 1e6, packed_bytes / 1e6, len(shards), raw_bytes / max(packed_bytes, 1),
-                len(skipped), out)
+    logger.info(
+        "pack: %d images, %.1f MB raw -> %.1f MB in %d shard(s) (%.2fx), %d skipped, in %s",
+        count,
+        raw_bytes / 1e6,
+        packed_bytes / 1e6,
+        len(shards),
+        raw_bytes / max(packed_bytes, 1),
+        len(skipped),
+        out,
+    )
     return info
 
 
@@ -279,7 +329,9 @@ class PackedReader:
         try:
             self.info = json.loads((self.root / "pack.json").read_text())
         except (OSError, ValueError) as exc:
-            raise ValueError(f"PackedReader: expected {self.root}/pack.json written by `infmae pack`, got {exc}") from None
+            raise ValueError(
+                f"PackedReader: expected {self.root}/pack.json written by `infmae pack`, got {exc}"
+            ) from None
         if self.info.get("format") != PACK_FORMAT or self.info.get("version") != PACK_VERSION:
             raise ValueError(
                 f"PackedReader: expected format {PACK_FORMAT} version {PACK_VERSION}, got "
@@ -288,13 +340,22 @@ class PackedReader:
         self.entries: list[PackedEntry] = []
         with open(self.root / "index.csv", newline="", encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
-                self.entries.append(PackedEntry(
-                    path=row["path"], shard=int(row["shard"]), offset=int(row["offset"]),
-                    chunk_len=int(row["chunk_len"]), chunk_sizes=tuple(int(s) for s in row["chunk_sizes"].split(";")),
-                    height=int(row["height"]), width=int(row["width"]), channels=int(row["channels"]),
-                    bits=int(row["bits"]), lo=float(row["lo"]), hi=float(row["hi"]),
-                    crc32=int(row["crc32"]) if row.get("crc32") else None,
-                ))
+                self.entries.append(
+                    PackedEntry(
+                        path=row["path"],
+                        shard=int(row["shard"]),
+                        offset=int(row["offset"]),
+                        chunk_len=int(row["chunk_len"]),
+                        chunk_sizes=tuple(int(s) for s in row["chunk_sizes"].split(";")),
+                        height=int(row["height"]),
+                        width=int(row["width"]),
+                        channels=int(row["channels"]),
+                        bits=int(row["bits"]),
+                        lo=float(row["lo"]),
+                        hi=float(row["hi"]),
+                        crc32=int(row["crc32"]) if row.get("crc32") else None,
+                    )
+                )
         if len(self.entries) != self.info["count"]:
             raise ValueError(
                 f"PackedReader: expected {self.info['count']} index rows in {self.root}, got {len(self.entries)}; "
@@ -334,8 +395,11 @@ class PackedReader:
         if entry.crc32 is not None:
             found = zlib.crc32(data)
             if found != entry.crc32:
-                raise ImageReadError(self.root / entry.path, f"damaged pack: CRC-32 {found:08x} of the packed bytes, "
-                                     f"{entry.crc32:08x} stored; re-run `infmae pack` (the shard changed on disk)")
+                raise ImageReadError(
+                    self.root / entry.path,
+                    f"damaged pack: CRC-32 {found:08x} of the packed bytes, "
+                    f"{entry.crc32:08x} stored; re-run `infmae pack` (the shard changed on disk)",
+                )
         return data
 
     def raw_chunks(self, index: int) -> np.ndarray:
@@ -355,8 +419,9 @@ class PackedReader:
             except Exception as exc:  # noqa: BLE001 - lz4 raises LZ4BlockError on damaged data
                 raise ImageReadError(self.root / entry.path, f"damaged packed chunk {i} ({exc})") from None
             if len(raw) != entry.chunk_len:
-                raise ImageReadError(self.root / entry.path, f"packed chunk {i} inflated to {len(raw)} bytes, "
-                                     f"expected {entry.chunk_len}")
+                raise ImageReadError(
+                    self.root / entry.path, f"packed chunk {i} inflated to {len(raw)} bytes, expected {entry.chunk_len}"
+                )
             out[i] = np.frombuffer(raw, np.uint8)
             start += size
         return out

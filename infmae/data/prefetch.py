@@ -7,6 +7,7 @@ ahead; file reads, LZ4 and torch's CPU ops release the GIL, and the training thr
 GPU anyway. Items come out in order; an exception of the iterator is raised at the ``next`` that would
 have returned its item.
 """
+
 from __future__ import annotations
 
 import queue

@@ -1,5 +1,6 @@
 """Deterministic model input for looking at images (``infmae visualize``): the largest centred crop of the
 training aspect ratio, resized bicubically to the training size, normalised; no random augmentation."""
+
 from __future__ import annotations
 
 import logging

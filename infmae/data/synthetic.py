@@ -38,14 +38,30 @@ FILE_KINDS: dict[str, tuple[str, int, int, dict]] = {
     "jpg_rgb8": (".jpeg", 8, 3, {"quality": 92}),
 }
 _KIND_WEIGHTS = {
-    "png8": 0.15, "png16": 0.25, "jpg8": 0.14, "tif16": 0.1, "tif16_lzw": 0.1,
-    "tif16_deflate": 0.1, "bmp8": 0.08, "png_rgb8": 0.05, "jpg_rgb8": 0.03,
+    "png8": 0.15,
+    "png16": 0.25,
+    "jpg8": 0.14,
+    "tif16": 0.1,
+    "tif16_lzw": 0.1,
+    "tif16_deflate": 0.1,
+    "bmp8": 0.08,
+    "png_rgb8": 0.05,
+    "jpg_rgb8": 0.03,
 }
 
 #: Default (height, width) mix and weights: common thermal sensor formats, a few non-square, one rare wide.
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = (
-    (512, 640), (256, 320), (120, 160), (160, 96), (240, 320), (64, 64), (128, 128), (480, 640),
-    (288, 384), (96, 128), (256, 1024),
+    (512, 640),
+    (256, 320),
+    (120, 160),
+    (160, 96),
+    (240, 320),
+    (64, 64),
+    (128, 128),
+    (480, 640),
+    (288, 384),
+    (96, 128),
+    (256, 1024),
 )
 _SIZE_WEIGHTS = (0.1, 0.2, 0.15, 0.1, 0.1, 0.06, 0.1, 0.04, 0.06, 0.08, 0.01)
 
@@ -185,8 +201,15 @@ def make_scene(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
 
 
 _IRONBOW = np.array(  # (position, r, g, b): black -> blue -> purple -> red -> orange -> yellow -> white
-    [[0.0, 0, 0, 0], [0.15, 20, 10, 110], [0.35, 130, 20, 150], [0.55, 215, 50, 60],
-     [0.75, 250, 140, 20], [0.9, 255, 220, 60], [1.0, 255, 255, 230]],
+    [
+        [0.0, 0, 0, 0],
+        [0.15, 20, 10, 110],
+        [0.35, 130, 20, 150],
+        [0.55, 215, 50, 60],
+        [0.75, 250, 140, 20],
+        [0.9, 255, 220, 60],
+        [1.0, 255, 255, 230],
+    ],
     dtype=np.float32,
 )
 

@@ -1,4 +1,5 @@
 """The InfMAE model (shared/README.md section 2) in eager PyTorch."""
+
 from infmae.model.infmae import InfMAE, InfMAEOutput, build_model, encoder_state_dict
 
 __all__ = ["InfMAE", "InfMAEOutput", "build_model", "encoder_state_dict"]

@@ -5,6 +5,7 @@
 decoder head predicts (p, q, c) with c fastest: going to 1 channel averages the channels' predictions,
 going to 3 repeats them (each channel then predicts the gray value).
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,10 @@ def convert_in_chans(state: dict[str, torch.Tensor], in_chans: int) -> dict[str,
     """Return a copy of a model state dict converted to ``in_chans`` (1 or 3) input channels."""
     source = infer_in_chans(state)
     if in_chans not in (1, 3) or source not in (1, 3):
-        raise ValueError(f"convert_in_chans: expected a conversion between 1 and 3 channels, got {source} -> "
-                         f"{in_chans}; only gray <-> repeated-gray checkpoints convert exactly")
+        raise ValueError(
+            f"convert_in_chans: expected a conversion between 1 and 3 channels, got {source} -> "
+            f"{in_chans}; only gray <-> repeated-gray checkpoints convert exactly"
+        )
     out = dict(state)
     if source == in_chans:
         return out
@@ -35,7 +38,11 @@ def convert_in_chans(state: dict[str, torch.Tensor], in_chans: int) -> dict[str,
         if key in out:
             t = out[key]
             per_channel = t.reshape(256, source, *t.shape[1:])  # (p*q, c, ...)
-            t = per_channel.mean(dim=1, keepdim=True) if in_chans == 1 else per_channel.repeat(1, 3, *[1] * (t.dim() - 1))
+            t = (
+                per_channel.mean(dim=1, keepdim=True)
+                if in_chans == 1
+                else per_channel.repeat(1, 3, *[1] * (t.dim() - 1))
+            )
             out[key] = t.reshape(256 * in_chans, *t.shape[2:])
     return out
 
@@ -46,5 +53,7 @@ def extract_model_state(checkpoint: dict) -> dict[str, torch.Tensor]:
         return checkpoint["model"]
     if all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         return checkpoint
-    raise ValueError(f"checkpoint: expected {{'model': state_dict}} or a state dict, got keys "
-                     f"{sorted(checkpoint)[:8]}; is this an InfMAE checkpoint?")
+    raise ValueError(
+        f"checkpoint: expected {{'model': state_dict}} or a state dict, got keys "
+        f"{sorted(checkpoint)[:8]}; is this an InfMAE checkpoint?"
+    )

@@ -6,6 +6,7 @@ These are the *model* FLOPs used for MFU: the dense-equivalent count of the rele
 stages on the full H/4 and H/8 grids), without the released 768-channel score conv, which this engine
 replaces by one averaged filter. At 224 px, in_chans 3, S 4: 26,565,633,024 per forward.
 """
+
 from __future__ import annotations
 
 from infmae.config import ModelConfig

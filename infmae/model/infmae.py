@@ -6,6 +6,7 @@ L = h*w patches, K = ceil(L / S) visible patches, D = embed_dims[2] encoder widt
 Module and parameter names are those of the released code (shared/README.md section 2), so a released
 checkpoint ``{'model': state_dict}`` loads with ``strict=True``.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -24,8 +25,17 @@ from infmae.model.pos_embed import sincos_2d
 from infmae.model.sparse import sparse_encoder
 from kernels.reference import MaskOutputs, intensity_filter
 
-ENCODER_PREFIXES = ("patch_embed1.", "patch_embed2.", "patch_embed3.", "patch_embed4.", "blocks1.", "blocks2.",
-                    "blocks3.", "norm.", "pos_embed")
+ENCODER_PREFIXES = (
+    "patch_embed1.",
+    "patch_embed2.",
+    "patch_embed3.",
+    "patch_embed4.",
+    "blocks1.",
+    "blocks2.",
+    "blocks3.",
+    "norm.",
+    "pos_embed",
+)
 """The encoder for downstream use: its state-dict keys start with one of these."""
 
 
@@ -141,8 +151,10 @@ class InfMAE(nn.Module):
 
     def _check_input(self, imgs: torch.Tensor) -> None:
         if imgs.dim() != 4 or imgs.shape[1] != self.config.in_chans:
-            raise ValueError(f"InfMAE: expected images [B,{self.config.in_chans},H,W], got {list(imgs.shape)}; "
-                             "repeat a gray image to the model's channels or build the model with that in_chans")
+            raise ValueError(
+                f"InfMAE: expected images [B,{self.config.in_chans},H,W], got {list(imgs.shape)}; "
+                "repeat a gray image to the model's channels or build the model with that in_chans"
+            )
         grid_size(imgs.shape[2], imgs.shape[3], op="InfMAE")
 
     def forward_encoder(self, imgs_BCHW: torch.Tensor, masking: MaskOutputs | None = None) -> EncoderOutput:
@@ -168,7 +180,9 @@ class InfMAE(nn.Module):
             x = block(x)
         return EncoderOutput(self.norm(x + skip1 + skip2), masking)
 
-    def forward_decoder(self, latent_BKD: torch.Tensor, ids_keep_BK: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    def forward_decoder(
+        self, latent_BKD: torch.Tensor, ids_keep_BK: torch.Tensor, grid_hw: tuple[int, int]
+    ) -> torch.Tensor:
         """-> predicted patches [B,L,256*C]."""
         x = self.decoder_embed(latent_BKD)
         x = self.ops.token_restore(x, self.mask_token, ids_keep_BK, grid_hw[0] * grid_hw[1])  # [B,L,Dd]

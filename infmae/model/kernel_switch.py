@@ -4,6 +4,7 @@
 and is an error where it cannot run, never a silent fallback. ``auto`` takes Triton where CUDA and the
 Triton kernels are there, otherwise the twin, and logs its choice once.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -53,8 +54,10 @@ def resolve_kernels(choice: str) -> SimpleNamespace:
         module = importlib.import_module("kernels.triton_ops")
         ops = SimpleNamespace(name="triton", **{op: getattr(module, op) for op in OP_NAMES})
     elif choice == "triton":
-        raise RuntimeError(f"kernels: expected the Triton kernels to run, got: {reason}; "
-                           "use kernels='reference' or 'auto' on this machine")
+        raise RuntimeError(
+            f"kernels: expected the Triton kernels to run, got: {reason}; "
+            "use kernels='reference' or 'auto' on this machine"
+        )
     else:
         ops = _reference_ops()
     if choice == "auto" and ops.name not in _logged_auto:

@@ -2,6 +2,7 @@
 
 Legend: B batch, D width, N tokens, H' x W' a stage's spatial grid.
 """
+
 from __future__ import annotations
 
 import torch

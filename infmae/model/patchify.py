@@ -3,6 +3,7 @@
 A patch vector is ordered (row p, column q, channel c) with c fastest, as in the released code, so a
 decoder head trained there predicts the same layout here.
 """
+
 from __future__ import annotations
 
 import torch
@@ -12,8 +13,10 @@ PATCH = 16
 
 def grid_size(height: int, width: int, op: str = "patchify") -> tuple[int, int]:
     if height % PATCH or width % PATCH or height <= 0 or width <= 0:
-        raise ValueError(f"{op}: expected an image size that is a multiple of 16, got {height}x{width}; "
-                         f"crop or resize to e.g. {max(PATCH, height // PATCH * PATCH)}x{max(PATCH, width // PATCH * PATCH)}")
+        raise ValueError(
+            f"{op}: expected an image size that is a multiple of 16, got {height}x{width}; "
+            f"crop or resize to e.g. {max(PATCH, height // PATCH * PATCH)}x{max(PATCH, width // PATCH * PATCH)}"
+        )
     return height // PATCH, width // PATCH
 
 
@@ -31,8 +34,10 @@ def unpatchify(patches_BLP: torch.Tensor, grid_hw: tuple[int, int], channels: in
     B, L, P = patches_BLP.shape
     h, w = grid_hw
     if L != h * w or P != PATCH * PATCH * channels:
-        raise ValueError(f"unpatchify: expected [B,{h * w},{PATCH * PATCH * channels}] for grid {h}x{w} and "
-                         f"{channels} channels, got {list(patches_BLP.shape)}; pass the grid of the images")
+        raise ValueError(
+            f"unpatchify: expected [B,{h * w},{PATCH * PATCH * channels}] for grid {h}x{w} and "
+            f"{channels} channels, got {list(patches_BLP.shape)}; pass the grid of the images"
+        )
     x = patches_BLP.reshape(B, h, w, PATCH, PATCH, channels)
     x = torch.einsum("bhwpqc->bchpwq", x)
     return x.reshape(B, channels, h * PATCH, w * PATCH)

@@ -4,6 +4,7 @@ For a grid of h x w patches in raster order, the first D/2 channels encode the c
 D/2 the row index; each half is [sin(p * w_k) for k < D/4] followed by [cos(p * w_k)], with
 w_k = 10000 ** (-k / (D/4)). Computed in float64 and rounded once to float32, as the released numpy code.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,7 +15,7 @@ def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     if dim % 2:
         raise ValueError(f"sincos_1d: expected an even width, got {dim}; use a width divisible by 4")
     omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
-    omega = 1.0 / 10000 ** omega
+    omega = 1.0 / 10000**omega
     angles = positions.to(torch.float64).reshape(-1, 1) * omega.reshape(1, -1)
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 

@@ -16,6 +16,7 @@ Layout: channels-last tiles [B,K,T,T,d] (T = 4, then 2), so every per-pixel op o
 matrix product over the last axis; the downsampling convs read the same memory as a channels_last batch of
 B*K small images. The parameters are the dense model's own modules (same state-dict keys).
 """
+
 from __future__ import annotations
 
 import importlib

@@ -17,6 +17,7 @@ Asynchronous saves (``train.async_checkpoint``) copy the state to host memory be
 it in a background thread while training goes on; the result is the same files, published the same way
 (``latest`` moves only once the checkpoint is complete). ``AsyncSave.wait()`` re-raises a failed write.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,9 +25,9 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -103,9 +104,11 @@ class AsyncSave:
     def wait(self) -> Path:
         self._finished.wait()
         if self._error is not None:
-            raise RuntimeError(f"checkpoint: expected {self.final.name} to be written, got an error in the "
-                               f"background save: {self._error!r}; the previous checkpoint is still `latest`; "
-                               "check the disk (space, permissions) and resume") from self._error
+            raise RuntimeError(
+                f"checkpoint: expected {self.final.name} to be written, got an error in the "
+                f"background save: {self._error!r}; the previous checkpoint is still `latest`; "
+                "check the disk (space, permissions) and resume"
+            ) from self._error
         return self.final
 
 
@@ -147,7 +150,8 @@ def is_distributed_checkpoint(path: Path) -> bool:
 
 def _complete(path: Path) -> bool:
     return (path.is_file() and bool(_NAME.match(path.name))) or (
-        bool(_DIR_NAME.match(path.name)) and is_distributed_checkpoint(path))
+        bool(_DIR_NAME.match(path.name)) and is_distributed_checkpoint(path)
+    )
 
 
 def _step_of(path: Path) -> int:
@@ -181,8 +185,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         found = latest_checkpoint(path)
         if found is None:
-            raise FileNotFoundError(f"checkpoint: expected a checkpoint in {path}/checkpoints, found none; "
-                                    "pass a .pt file or a run folder that has saved one")
+            raise FileNotFoundError(
+                f"checkpoint: expected a checkpoint in {path}/checkpoints, found none; "
+                "pass a .pt file or a run folder that has saved one"
+            )
         return found
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: expected a file, got {path} (no such file); check the path")
@@ -247,12 +253,14 @@ def _write_shards_async(tensors: dict, folder: Path, group) -> Future:
     ``group`` (gloo), apart from the training's process group."""
     import torch.distributed.checkpoint as dcp
 
-    return dcp.async_save(tensors, storage_writer=dcp.FileSystemWriter(str(folder), sync_files=True),
-                          process_group=group)
+    return dcp.async_save(
+        tensors, storage_writer=dcp.FileSystemWriter(str(folder), sync_files=True), process_group=group
+    )
 
 
-def save_distributed_checkpoint(run_dir: str | Path, step: int, tensors: dict, extra: dict, rank_state: dict,
-                                keep_last: int = 3, async_group=None) -> Path | AsyncSave:
+def save_distributed_checkpoint(
+    run_dir: str | Path, step: int, tensors: dict, extra: dict, rank_state: dict, keep_last: int = 3, async_group=None
+) -> Path | AsyncSave:
     """Collective: every rank passes its (sharded) ``tensors`` and its own ``rank_state``; rank 0's
     ``extra`` is kept. Writes ``.step_N.tmp/``, then rank 0 renames it to ``step_N/`` and moves
     ``latest``. Returns the final folder on every rank.

@@ -4,6 +4,7 @@ One process per device. ``torchrun`` sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE
 ``MASTER_PORT``; without them the run is a single process and no process group is made. Backend: NCCL
 on CUDA, gloo on the CPU. Rank 0 logs at INFO; other ranks at WARNING (``infmae.logging_utils``).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -36,11 +37,14 @@ class DistInfo:
 def env_info() -> DistInfo:
     """Rank, local rank and world size from torchrun's variables (0, 0, 1 when they are not set)."""
     try:
-        return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
-                        int(os.environ.get("WORLD_SIZE", 1)))
+        return DistInfo(
+            int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        )
     except ValueError as error:
-        raise ValueError(f"distributed: expected integer RANK/LOCAL_RANK/WORLD_SIZE, got {error}; "
-                         "launch with torchrun, which sets them") from None
+        raise ValueError(
+            f"distributed: expected integer RANK/LOCAL_RANK/WORLD_SIZE, got {error}; "
+            "launch with torchrun, which sets them"
+        ) from None
 
 
 def launched_by_torchrun() -> bool:
@@ -62,11 +66,16 @@ def init_distributed(device_type: str = "auto", timeout_s: float = 1800.0) -> Di
         use_cuda = device_type == "cuda" or (device_type == "auto" and torch.cuda.is_available())
         if use_cuda:
             if not torch.cuda.is_available():
-                raise ValueError("distributed: expected a CUDA device for train.device=cuda, got none; "
-                                 "use train.device=cpu (gloo)")
+                raise ValueError(
+                    "distributed: expected a CUDA device for train.device=cuda, got none; use train.device=cpu (gloo)"
+                )
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=info.rank, world_size=info.world_size,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            "nccl" if use_cuda else "gloo",
+            rank=info.rank,
+            world_size=info.world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
     else:
         return DistInfo()
     return info

@@ -1,4 +1,5 @@
 """The progress line and ``metrics.jsonl`` (one JSON record per logged step, for plotting)."""
+
 from __future__ import annotations
 
 import json
@@ -32,11 +33,13 @@ def format_line(record: dict) -> str:
     if record.get("world_size", 1) > 1:
         rate += f"/gpu {record['img_per_s_total']:.1f} total"
     mfu = record.get("mfu")
-    return (f"step {record['step']}/{record['total_steps']} epoch {record['epoch']} "
-            f"loss {record['loss']:.4f} lr {record['lr']:.3e} grad_norm {record['grad_norm']:.3f} "
-            f"{rate} data_wait {record['data_wait_pct']:.1f}% "
-            f"mem {record['mem_gib']:.2f}GiB eta {format_eta(record['eta_s'])} "
-            f"mfu {'n/a' if mfu is None else f'{mfu:.1%}'}")
+    return (
+        f"step {record['step']}/{record['total_steps']} epoch {record['epoch']} "
+        f"loss {record['loss']:.4f} lr {record['lr']:.3e} grad_norm {record['grad_norm']:.3f} "
+        f"{rate} data_wait {record['data_wait_pct']:.1f}% "
+        f"mem {record['mem_gib']:.2f}GiB eta {format_eta(record['eta_s'])} "
+        f"mfu {'n/a' if mfu is None else f'{mfu:.1%}'}"
+    )
 
 
 class MetricsWriter:
@@ -46,8 +49,11 @@ class MetricsWriter:
     def __init__(self, run_dir: str | Path, resume_step: int = 0):
         self.path = Path(run_dir) / "metrics.jsonl"
         if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
@@ -76,8 +82,17 @@ class TensorBoard:
     """TensorBoard events in RUN/tensorboard when the ``tensorboard`` package is installed (it is not a
     dependency: ``pip install tensorboard`` to get events); otherwise a no-op, said once."""
 
-    KEYS = ("loss", "lr", "grad_norm", "img_per_s", "img_per_s_total", "tflops_per_s", "mfu", "data_wait_pct",
-            "mem_gib")
+    KEYS = (
+        "loss",
+        "lr",
+        "grad_norm",
+        "img_per_s",
+        "img_per_s_total",
+        "tflops_per_s",
+        "mfu",
+        "data_wait_pct",
+        "mem_gib",
+    )
 
     def __init__(self, run_dir: str | Path, enabled: bool = True):
         self.writer = None

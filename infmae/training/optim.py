@@ -1,4 +1,5 @@
 """AdamW with the released parameter groups, and the per-iteration warmup + half-cosine schedule."""
+
 from __future__ import annotations
 
 import math
@@ -20,22 +21,28 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-APEX_BUILD = ("git clone https://github.com/NVIDIA/apex && cd apex && pip install -v --disable-pip-version-check "
-              "--no-cache-dir --no-build-isolation --config-settings '--build-option=--cpp_ext' "
-              "--config-settings '--build-option=--cuda_ext' .")
+APEX_BUILD = (
+    "git clone https://github.com/NVIDIA/apex && cd apex && pip install -v --disable-pip-version-check "
+    "--no-cache-dir --no-build-isolation --config-settings '--build-option=--cpp_ext' "
+    "--config-settings '--build-option=--cuda_ext' ."
+)
 """NVIDIA's Apex is built from source; the PyPI package named `apex` is not NVIDIA's: never install it."""
 
 
 def _apex_optimizer(config: TrainConfig, groups: list[dict], lr: float, device: torch.device) -> torch.optim.Optimizer:
     name = {"apex_adam": "FusedAdam", "apex_lamb": "FusedLAMB"}[config.optimizer]
     if device.type != "cuda":
-        raise ValueError(f"optimizer: expected a CUDA device for train.optimizer={config.optimizer} (apex {name}), "
-                         f"got {device}; use train.optimizer=adamw on the CPU")
+        raise ValueError(
+            f"optimizer: expected a CUDA device for train.optimizer={config.optimizer} (apex {name}), "
+            f"got {device}; use train.optimizer=adamw on the CPU"
+        )
     try:
         from apex import optimizers as apex_optimizers
     except ImportError:
-        raise ValueError(f"optimizer: expected NVIDIA Apex for train.optimizer={config.optimizer}, got no importable "
-                         f"`apex`; build it with: {APEX_BUILD}  (or use train.optimizer=adamw)") from None
+        raise ValueError(
+            f"optimizer: expected NVIDIA Apex for train.optimizer={config.optimizer}, got no importable "
+            f"`apex`; build it with: {APEX_BUILD}  (or use train.optimizer=adamw)"
+        ) from None
     cls = getattr(apex_optimizers, name)
     kwargs = dict(lr=lr, betas=config.betas)
     if name == "FusedAdam":
@@ -49,8 +56,13 @@ def build_optimizer(model: nn.Module, config: TrainConfig, lr: float, device: to
     if config.optimizer != "adamw":
         return _apex_optimizer(config, parameter_groups(model, config.weight_decay), lr, device)
     fused = device.type == "cuda"
-    return torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=lr, betas=config.betas,
-                             fused=fused, foreach=None if fused else True)
+    return torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay),
+        lr=lr,
+        betas=config.betas,
+        fused=fused,
+        foreach=None if fused else True,
+    )
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float = 0.0) -> float:

@@ -22,6 +22,7 @@ The frozen score conv (``patch_embed``) holds buffers, and ``pos_embed`` / ``dec
 parameters with ``requires_grad=False``: FSDP2 shards them like the others and the optimizer never
 sees them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,8 +40,11 @@ warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a v
 
 
 def _blocks(model: nn.Module) -> list[tuple[nn.ModuleList, int]]:
-    return [(getattr(model, name), i) for name in ("blocks1", "blocks2", "blocks3", "decoder_blocks")
-            for i in range(len(getattr(model, name)))]
+    return [
+        (getattr(model, name), i)
+        for name in ("blocks1", "blocks2", "blocks3", "decoder_blocks")
+        for i in range(len(getattr(model, name)))
+    ]
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
@@ -71,23 +75,31 @@ def apply_fsdp(model: nn.Module, config: TrainConfig, mesh, device: torch.device
     for stage in (1, 2):
         # the modules that run forward, not their ModuleList (which never does): FSDP2 hooks a unit's
         # forward to reshard and to prepare its backward
-        group = [getattr(model, f"patch_embed{stage}"), *getattr(model, f"blocks{stage}"),
-                 getattr(model, f"stage{stage}_output_decode")]
+        group = [
+            getattr(model, f"patch_embed{stage}"),
+            *getattr(model, f"blocks{stage}"),
+            getattr(model, f"stage{stage}_output_decode"),
+        ]
         units.append(group)
     vit = list(model.blocks3)
     size = config.fsdp_group
-    units += [vit[i:i + size] for i in range(0, len(vit), size)]
+    units += [vit[i : i + size] for i in range(0, len(vit), size)]
     if len(model.decoder_blocks):
         units.append(list(model.decoder_blocks))
     for unit in units:
         fully_shard(unit if len(unit) > 1 else unit[0], **kwargs)
     # the root keeps its fp32 input images: the loss target is built from them (the trainer's bf16
     # autocast casts them for the first conv)
-    root_policy = MixedPrecisionPolicy(param_dtype=policy.param_dtype, reduce_dtype=policy.reduce_dtype,
-                                       cast_forward_inputs=False)
+    root_policy = MixedPrecisionPolicy(
+        param_dtype=policy.param_dtype, reduce_dtype=policy.reduce_dtype, cast_forward_inputs=False
+    )
     fully_shard(model, **{**kwargs, "mp_policy": root_policy})
-    log.info("FSDP2: %d units + root, reshard_after_forward=%s, params %s, reduce fp32", len(units),
-             config.reshard_after_forward, policy.param_dtype or "fp32")
+    log.info(
+        "FSDP2: %d units + root, reshard_after_forward=%s, params %s, reduce fp32",
+        len(units),
+        config.reshard_after_forward,
+        policy.param_dtype or "fp32",
+    )
 
 
 def parallelize(model: nn.Module, config: TrainConfig, mesh, device: torch.device) -> nn.Module:
@@ -105,8 +117,9 @@ def parallelize(model: nn.Module, config: TrainConfig, mesh, device: torch.devic
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        model = DistributedDataParallel(model, device_ids=ids, process_group=mesh.get_group(),
-                                        broadcast_buffers=False, gradient_as_bucket_view=True)
+        model = DistributedDataParallel(
+            model, device_ids=ids, process_group=mesh.get_group(), broadcast_buffers=False, gradient_as_bucket_view=True
+        )
         log.info("DDP over %d ranks", mesh.size())
     return model
 

@@ -10,6 +10,7 @@ would have read. Global batch = batch_size x accum_steps x world size.
 A single process saves ``step_N.pt`` files; a distributed run saves torch Distributed Checkpoint
 folders (``checkpoint.py``). Rank 0 alone writes the log, metrics, TensorBoard events and pictures.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,17 +43,30 @@ log = logging.getLogger(__name__)
 PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "A100": 312.0, "H100": 989.0, "H200": 989.0}
 
 # train fields that may change between a run and its resumption without changing its results
-RESUME_MAY_CHANGE = {"max_steps", "log_every", "checkpoint_every", "keep_last", "async_checkpoint", "visualize_every",
-                     "device", "parallel", "fsdp_group", "reshard_after_forward", "activation_checkpointing",
-                     "compile", "tensorboard"}
+RESUME_MAY_CHANGE = {
+    "max_steps",
+    "log_every",
+    "checkpoint_every",
+    "keep_last",
+    "async_checkpoint",
+    "visualize_every",
+    "device",
+    "parallel",
+    "fsdp_group",
+    "reshard_after_forward",
+    "activation_checkpointing",
+    "compile",
+    "tensorboard",
+}
 
 
 def pick_device(choice: str) -> torch.device:
     """CUDA (this process's current device: torchrun's LOCAL_RANK under a process group) or the CPU."""
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise ValueError("config: expected train.device 'cuda' to be available, got no CUDA device; "
-                             "use train.device=cpu or auto")
+            raise ValueError(
+                "config: expected train.device 'cuda' to be available, got no CUDA device; use train.device=cpu or auto"
+            )
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
@@ -102,36 +116,67 @@ class Trainer:
 
         existing = ckpt.latest_checkpoint(self.run_dir)
         if existing is not None and not resume:
-            raise ValueError(f"pretrain: expected a new run folder, got {self.run_dir} which holds {existing.name}; "
-                             "pass --resume to continue it, or choose another --output")
+            raise ValueError(
+                f"pretrain: expected a new run folder, got {self.run_dir} which holds {existing.name}; "
+                "pass --resume to continue it, or choose another --output"
+            )
         barrier()  # every rank has looked for a checkpoint before rank 0 writes into the folder
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
         # 1. device
         self.device = pick_device(tc.device)
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                         if self.device.type == "cuda" and tc.precision == "bf16" else nullcontext())
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda" and tc.precision == "bf16"
+            else nullcontext()
+        )
 
         # 2. data: this rank's shard
         data_root = Path(dc.path) if dc.path else self._synthetic_data()
         self.dataset = ImageFolderDataset(
-            data_root, img_size=mc.img_size, in_chans=mc.in_chans, seed=tc.seed, scale=dc.scale, ratio=dc.ratio,
-            hflip_prob=dc.hflip_prob, mean=dc.mean, std=dc.std, sixteen_bit_mode=dc.sixteen_bit_mode,
-            low=dc.low_percentile, high=dc.high_percentile, min_size=dc.min_size, base=dc.manifest_root or None)
+            data_root,
+            img_size=mc.img_size,
+            in_chans=mc.in_chans,
+            seed=tc.seed,
+            scale=dc.scale,
+            ratio=dc.ratio,
+            hflip_prob=dc.hflip_prob,
+            mean=dc.mean,
+            std=dc.std,
+            sixteen_bit_mode=dc.sixteen_bit_mode,
+            low=dc.low_percentile,
+            high=dc.high_percentile,
+            min_size=dc.min_size,
+            base=dc.manifest_root or None,
+        )
         if dc.loader == "dali":
             from infmae.data.dali import DaliLoader
 
             self.loader = DaliLoader(
-                self.dataset, batch_size=tc.batch_size, seed=tc.seed, rank=self.rank, world_size=self.world_size,
-                device_id=(self.device.index or 0) if self.device.type == "cuda" else None, num_threads=dc.dali_threads)
+                self.dataset,
+                batch_size=tc.batch_size,
+                seed=tc.seed,
+                rank=self.rank,
+                world_size=self.world_size,
+                device_id=(self.device.index or 0) if self.device.type == "cuda" else None,
+                num_threads=dc.dali_threads,
+            )
         else:
-            self.loader = ReferenceLoader(self.dataset, batch_size=tc.batch_size, seed=tc.seed,
-                                          num_workers=dc.num_workers, rank=self.rank, world_size=self.world_size)
+            self.loader = ReferenceLoader(
+                self.dataset,
+                batch_size=tc.batch_size,
+                seed=tc.seed,
+                num_workers=dc.num_workers,
+                rank=self.rank,
+                world_size=self.world_size,
+            )
         self.steps_per_epoch = self.loader.steps_per_epoch // tc.accum_steps
         if self.steps_per_epoch < 1:
-            raise ValueError(f"pretrain: expected at least one optimizer step per epoch, got "
-                             f"{self.loader.steps_per_epoch} micro-batches for accum_steps={tc.accum_steps}; "
-                             "lower train.accum_steps or train.batch_size, or add images")
+            raise ValueError(
+                f"pretrain: expected at least one optimizer step per epoch, got "
+                f"{self.loader.steps_per_epoch} micro-batches for accum_steps={tc.accum_steps}; "
+                "lower train.accum_steps or train.batch_size, or add images"
+            )
         self.total_steps = math.ceil(tc.epochs * self.steps_per_epoch)
         self.warmup_steps = round(tc.warmup_epochs * self.steps_per_epoch)
         self.stop_step = min(self.total_steps, tc.max_steps) if tc.max_steps else self.total_steps
@@ -183,20 +228,30 @@ class Trainer:
         root = self.run_dir / "synthetic_data"
         done = root / ".complete"
         if not done.exists() and self.is_main:
-            log.info("no --data given: writing %d synthetic infrared images to %s", self.config.data.synthetic_count, root)
+            log.info(
+                "no --data given: writing %d synthetic infrared images to %s", self.config.data.synthetic_count, root
+            )
             generate_dataset(root, self.config.data.synthetic_count, seed=self.config.train.seed, include_bad=True)
             done.write_text("ok\n")
         barrier()  # the other ranks read what rank 0 wrote
         return root
 
     def _data_position(self) -> dict:
-        return {"epoch": self.step // self.steps_per_epoch,
-                "micro_step": (self.step % self.steps_per_epoch) * self.config.train.accum_steps}
+        return {
+            "epoch": self.step // self.steps_per_epoch,
+            "micro_step": (self.step % self.steps_per_epoch) * self.config.train.accum_steps,
+        }
 
     def _state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-                "data": self._data_position(), "config": self.config.to_dict(), "rng": rng_state(),
-                "skipped": self.skipped}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "data": self._data_position(),
+            "config": self.config.to_dict(),
+            "rng": rng_state(),
+            "skipped": self.skipped,
+        }
 
     def _sharded_state(self) -> dict:
         """{'model', 'optimizer'}: this rank's shards, keyed by parameter name (DCP's form)."""
@@ -207,20 +262,30 @@ class Trainer:
 
     def _check_config(self, saved: dict) -> None:
         now = self.config.to_dict()
-        changed = [f"{section}.{key}" for section in ("model", "data", "train") for key in now[section]
-                   if key in saved[section] and now[section][key] != saved[section][key]
-                   and key not in RESUME_MAY_CHANGE and (section, key) != ("data", "num_workers")]
+        changed = [
+            f"{section}.{key}"
+            for section in ("model", "data", "train")
+            for key in now[section]
+            if key in saved[section]
+            and now[section][key] != saved[section][key]
+            and key not in RESUME_MAY_CHANGE
+            and (section, key) != ("data", "num_workers")
+        ]
         if changed:
-            raise ValueError(f"pretrain --resume: expected the run's config, got changes to {changed}; "
-                             "resume with the saved config (RUN/config.json) or start a new run")
+            raise ValueError(
+                f"pretrain --resume: expected the run's config, got changes to {changed}; "
+                "resume with the saved config (RUN/config.json) or start a new run"
+            )
 
     def _restore(self, path: Path) -> None:
         if path.is_dir():
             self._restore_distributed(path)
             return
         if self.distributed:
-            raise ValueError(f"pretrain --resume: expected a distributed checkpoint folder for {self.world_size} "
-                             f"ranks, got the single-process file {path}; resume it with one process")
+            raise ValueError(
+                f"pretrain --resume: expected a distributed checkpoint folder for {self.world_size} "
+                f"ranks, got the single-process file {path}; resume it with one process"
+            )
         # on the CPU: the RNG states must stay CPU tensors; load_state_dict copies the rest to the device
         state = ckpt.load_checkpoint(path, map_location="cpu")
         self._check_config(state["config"])
@@ -239,15 +304,19 @@ class Trainer:
         self._check_config(extra["config"])  # before the collective load, on every rank alike
         tensors = self._sharded_state()
         extra, rank_state = ckpt.load_distributed_checkpoint(path, tensors)
-        set_state_dict(self.model, self.optimizer, model_state_dict=tensors["model"],
-                       optim_state_dict=tensors["optimizer"])
+        set_state_dict(
+            self.model, self.optimizer, model_state_dict=tensors["model"], optim_state_dict=tensors["optimizer"]
+        )
         self.step = extra["step"]
         self.skipped.update(extra.get("skipped", {}))
         saved_world = extra.get("world_size", 1)
         if saved_world != self.world_size or rank_state is None:
-            log.warning("resumed a %d-rank checkpoint on %d ranks: the weights and optimizer are resharded; the "
-                        "global batch, lr and data order differ, so the run is not an exact continuation",
-                        saved_world, self.world_size)
+            log.warning(
+                "resumed a %d-rank checkpoint on %d ranks: the weights and optimizer are resharded; the "
+                "global batch, lr and data order differ, so the run is not an exact continuation",
+                saved_world,
+                self.world_size,
+            )
         if rank_state is not None:
             set_rng_state(rank_state["rng"])
         self.last_checkpoint = path
@@ -266,10 +335,22 @@ class Trainer:
             self.last_checkpoint = ckpt.save_checkpoint(self.run_dir, self.step, self._state(), tc.keep_last)
             return self.last_checkpoint
         self.skipped = gather_dict(self.skipped)
-        extra = {"step": self.step, "data": self._data_position(), "config": self.config.to_dict(),
-                 "skipped": self.skipped, "world_size": self.world_size}
-        saved = ckpt.save_distributed_checkpoint(self.run_dir, self.step, self._sharded_state(), extra,
-                                                 {"rng": rng_state()}, tc.keep_last, self.checkpoint_group)
+        extra = {
+            "step": self.step,
+            "data": self._data_position(),
+            "config": self.config.to_dict(),
+            "skipped": self.skipped,
+            "world_size": self.world_size,
+        }
+        saved = ckpt.save_distributed_checkpoint(
+            self.run_dir,
+            self.step,
+            self._sharded_state(),
+            extra,
+            {"rng": rng_state()},
+            tc.keep_last,
+            self.checkpoint_group,
+        )
         if isinstance(saved, ckpt.AsyncSave):
             self.pending_save = saved
             return saved.final
@@ -340,13 +421,35 @@ class Trainer:
     def fit(self) -> RunSummary:
         tc, mc = self.config.train, self.config.model
         n_params = self.n_params
-        log.info("run %s | preset %s | device %s | %d rank(s), %s | %d images (%d skipped at scan) | "
-                 "%.2fM trainable parameters", self.run_dir, self.config.preset, self.device, self.world_size,
-                 self.parallel, len(self.dataset), len(self.dataset.dropped), n_params / 1e6)
-        log.info("global batch %d (%d x %d accum x %d ranks) | lr = blr %.3g x %d / 256 = %.4g | %d steps/epoch | "
-                 "steps %d -> %d of %d (warmup %d) | %.2f GFLOPs/img forward", self.global_batch, tc.batch_size,
-                 tc.accum_steps, self.world_size, tc.blr, self.global_batch, self.peak_lr, self.steps_per_epoch,
-                 self.step, self.stop_step, self.total_steps, self.warmup_steps, self.flops_per_image / 1e9)
+        log.info(
+            "run %s | preset %s | device %s | %d rank(s), %s | %d images (%d skipped at scan) | "
+            "%.2fM trainable parameters",
+            self.run_dir,
+            self.config.preset,
+            self.device,
+            self.world_size,
+            self.parallel,
+            len(self.dataset),
+            len(self.dataset.dropped),
+            n_params / 1e6,
+        )
+        log.info(
+            "global batch %d (%d x %d accum x %d ranks) | lr = blr %.3g x %d / 256 = %.4g | %d steps/epoch | "
+            "steps %d -> %d of %d (warmup %d) | %.2f GFLOPs/img forward",
+            self.global_batch,
+            tc.batch_size,
+            tc.accum_steps,
+            self.world_size,
+            tc.blr,
+            self.global_batch,
+            self.peak_lr,
+            self.steps_per_epoch,
+            self.step,
+            self.stop_step,
+            self.total_steps,
+            self.warmup_steps,
+            self.flops_per_image / 1e9,
+        )
         self.model.train()
         batches = self._micro_batches()
         meter = Throughput()
@@ -358,7 +461,9 @@ class Trainer:
         run_start = time.perf_counter()
         start_step = self.step
         while self.step < self.stop_step:
-            set_learning_rate(self.optimizer, learning_rate(self.step, self.total_steps, self.warmup_steps, self.peak_lr, tc.min_lr))
+            set_learning_rate(
+                self.optimizer, learning_rate(self.step, self.total_steps, self.warmup_steps, self.peak_lr, tc.min_lr)
+            )
             for micro in range(tc.accum_steps):
                 wait_start = time.perf_counter()
                 epoch, batch = next(batches)
@@ -399,16 +504,28 @@ class Trainer:
                         f"pretrain: expected a finite loss, got {loss} between steps {last_logged_step + 1} and "
                         f"{self.step}; last batch indices {batch.indices.tolist()}; last good checkpoint "
                         f"{self._last_good_checkpoint() or 'none'}. Lower train.blr or enable train.grad_clip"
-                        + (f" (batch indices of rank {self.rank} of {self.world_size})" if self.distributed else ""))
+                        + (f" (batch indices of rank {self.rank} of {self.world_size})" if self.distributed else "")
+                    )
                 step_time = (time.perf_counter() - run_start) / (self.step - start_step)
                 per_device = total_img_per_s / self.world_size
                 achieved = 3 * self.flops_per_image * per_device / 1e12  # per device; forward + backward = 3x forward
-                record = {"step": self.step, "total_steps": self.stop_step, "epoch": epoch, "loss": loss,
-                          "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
-                          "img_per_s": per_device, "img_per_s_total": total_img_per_s, "world_size": self.world_size,
-                          "tflops_per_s": achieved, "mfu": achieved / peak if peak else None,
-                          "data_wait_pct": wait_pct, "mem_gib": peak_memory_gib(self.device),
-                          "eta_s": step_time * (self.stop_step - self.step), "time": time.time()}
+                record = {
+                    "step": self.step,
+                    "total_steps": self.stop_step,
+                    "epoch": epoch,
+                    "loss": loss,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "grad_norm": float(grad_norm),
+                    "img_per_s": per_device,
+                    "img_per_s_total": total_img_per_s,
+                    "world_size": self.world_size,
+                    "tflops_per_s": achieved,
+                    "mfu": achieved / peak if peak else None,
+                    "data_wait_pct": wait_pct,
+                    "mem_gib": peak_memory_gib(self.device),
+                    "eta_s": step_time * (self.stop_step - self.step),
+                    "time": time.time(),
+                }
                 if self.is_main:
                     self.metrics.write(record)
                     self.tensorboard.write(record)

@@ -1,5 +1,6 @@
 """Reconstruction grids: one row per image, columns original | masked | reconstruction | reconstruction
 with the visible patches pasted back. Written as an 8-bit gray PNG a person can look at."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +15,9 @@ COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")
 
 
 @torch.no_grad()
-def reconstruction_panels(imgs_BCHW: torch.Tensor, pred_BLP: torch.Tensor, mask_BL: torch.Tensor,
-                          mean: float, std: float) -> torch.Tensor:
+def reconstruction_panels(
+    imgs_BCHW: torch.Tensor, pred_BLP: torch.Tensor, mask_BL: torch.Tensor, mean: float, std: float
+) -> torch.Tensor:
     """-> [B,4,H,W] gray images in [0,1], un-normalised (without norm_pix_loss the prediction is in the
     normalised pixel space of the input)."""
     B, C, H, W = imgs_BCHW.shape
@@ -41,7 +43,7 @@ def save_grid(panels_B4HW: torch.Tensor, path: str | Path, max_rows: int = 8, mi
     for r in range(rows):
         for c in range(cols):
             top, left = gutter + r * (h + gutter), gutter + c * (w + gutter)
-            canvas[top:top + h, left:left + w] = tiles[r, c]
+            canvas[top : top + h, left : left + w] = tiles[r, c]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.round(canvas * 255).astype(np.uint8)).save(path)
