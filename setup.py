@@ -26,7 +26,7 @@ setup(
         "gpu": ["torch==2.13.0", "triton==3.7.1"],
         # NVIDIA's wheel (CPU mode works without a GPU); the PyPI package `nvidia-dali` is a placeholder
         "dali": ["nvidia-dali-cuda130==2.4.0"],
-        "test": ["pytest>=8", "pytest-benchmark>=5"],
+        "test": ["pytest>=8", "pytest-benchmark>=5", "ruff==0.17.5"],  # ruff: `ruff check . && ruff format --check .`
     },
     entry_points={"console_scripts": ["infmae=infmae.cli:main"]},
 )

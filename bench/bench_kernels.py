@@ -258,7 +258,11 @@ def run(smoke: bool, compile_twin: bool, out_dir: Path | None = None, reps: int 
         for direction in ("fwd", "fwd+bwd") if case.backward else ("fwd",):
             timings = {}
             for name, fn in implementations.items():
-                call = (lambda fn=fn: fn(*args, **kwargs)) if direction == "fwd" else _with_backward(fn, args)
+                call = (
+                    (lambda fn=fn, args=args, kwargs=kwargs: fn(*args, **kwargs))
+                    if direction == "fwd"
+                    else _with_backward(fn, args)
+                )
                 timings[name] = time_ms(call, device, warmup=1 if smoke else 10, reps=reps)["median_ms"]
             row = {
                 "op": case.op,

@@ -115,7 +115,7 @@ def test_grown_folder_reads_only_new_and_changed_files(collection, tmp_path):
     second = curate(work, out, workers=2, report=False)
     assert second.scan.total == first.scan.total + 8 - 1
     assert second.scan.processed == 9 and second.scan.reused == first.scan.total - 2
-    fresh = curate(work, tmp_path / "fresh", workers=2, report=False)
+    curate(work, tmp_path / "fresh", workers=2, report=False)
     assert (out / "manifest.csv").read_bytes() == (tmp_path / "fresh/manifest.csv").read_bytes()
     third = curate(work, out, workers=2, report=False)
     assert third.scan.processed == 0

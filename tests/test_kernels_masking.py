@@ -301,7 +301,8 @@ def test_bad_inputs_raise(name, error, call):
 COMPILE_SCRIPT = r"""
 from kernels import masking
 pointers = dict(keep_ptr="*i64", restore_ptr="*i64", mask_ptr="*fp32", x4_ptr="*fp32", x2_ptr="*fp32")
-for block, descending, maps, scores in ((256, True, True, "*fp32"), (4096, False, True, "*bf16"), (1, True, False, "*fp16")):
+cases = ((256, True, True, "*fp32"), (4096, False, True, "*bf16"), (1, True, False, "*fp16"))
+for block, descending, maps, scores in cases:
     compile_sm90(masking._sort_stride_mask_kernel, dict(pointers, scores_ptr=scores),
                  {"BLOCK": block, "DESCENDING": descending, "HAS_MAPS": maps}, num_warps=masking._num_warps(block))
 print("compiled")

@@ -77,9 +77,10 @@ TOLERANCES = {
     # 1-D kernels were checked equal on an impulse), but at the border DALI repeats the edge pixel while
     # PyTorch's antialiased path drops the outside taps and renormalises. So the error sits within ~2
     # source pixels of the crop's edge. Max: 0.11 measured on synthetic IR scenes -> 0.2 (0.04 of the
-    # [0, 1] range); 0.22 on uniform noise (every pixel an edge, full contrast) -> 0.3. Mean over a batch: IR scenes 1.3e-4
-    # measured at 96x96, 1.0e-3 at a 32x32 output (the border rows are a quarter of it) -> 2e-3; uniform noise cropped from 40x23 sources (border pixels are a large share of an
-    # upscaled crop) 8.9e-3 measured -> 1.2e-2.
+    # [0, 1] range); 0.22 on uniform noise (every pixel an edge, full contrast) -> 0.3. Mean over a batch:
+    # IR scenes 1.3e-4 measured at 96x96, 1.0e-3 at a 32x32 output (the border rows are a quarter of it)
+    # -> 2e-3; uniform noise cropped from 40x23 sources (border pixels are a large share of an upscaled
+    # crop) 8.9e-3 measured -> 1.2e-2.
     ("dali_parity_max", torch.float32): (0.2, 0.0),
     ("dali_parity_mean", torch.float32): (2e-3, 0.0),
     ("dali_parity_max_noise", torch.float32): (0.3, 0.0),

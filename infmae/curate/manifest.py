@@ -16,8 +16,9 @@ From the scan rows (:mod:`infmae.curate.scan`), in this order:
 4. One anchor per group is kept, by ``anchor``: ``largest`` = most pixels, then more bits, then higher
    entropy; ``entropy`` = highest entropy, then most pixels, then more bits; ties go to the first path.
    The other members are dropped: ``duplicate`` when their pixels equal those of a member ranked
-   above them (same pixel SHA-256: an exact copy, re-encoded or not), else ``near_duplicate``. ``group`` is ``g`` + the number of the group (groups numbered in the order
-   of their anchors' paths) for every member, anchor included; ``anchor`` is the anchor's path.
+   above them (same pixel SHA-256: an exact copy, re-encoded or not), else ``near_duplicate``.
+   ``group`` is ``g`` + the number of the group (groups numbered in the order of their anchors' paths)
+   for every member, anchor included; ``anchor`` is the anchor's path.
    Files in no group have both empty.
 
 ``OUT/manifest.csv`` has one row per file (sorted by path, ``/``-separated, relative to SRC) with the

@@ -10,7 +10,8 @@ costs only its new (or modified) files. Rows of files that disappeared are delet
 Each row holds: ``format`` (Pillow's, e.g. PNG/TIFF/JPEG/BMP), ``width``, ``height``, ``bits`` (8/16),
 ``channels`` (1/3), ``entropy`` (bits, of the 8-bit view), ``sha256`` (of the decoded pixels),
 ``phash`` (64-bit pHash as 16 hex digits), ``phash256`` (the 256-bit pHash that verifies pairs)
-and ``error`` (the reader's reason when the file is unreadable; then the pixel columns are empty, the size is kept when the header could be read).
+and ``error`` (the reader's reason when the file is unreadable; then the pixel columns are empty, the size is
+kept when the header could be read).
 See :mod:`infmae.curate.hashes` for the definitions.
 """
 

@@ -149,7 +149,8 @@ class ImageFolderDataset(Dataset):
         mean, std: normalisation, a number or one value per channel (released: 0.425, 0.2).
         sixteen_bit_mode, low, high: the 16-bit to [0, 1] rule (see :mod:`infmae.data.mapping`).
         min_size: files whose width AND height are both under it are dropped (Inf30: 20).
-        base: for a manifest, the folder its paths are relative to (default: curate.json's source, else the CSV's folder).
+        base: for a manifest, the folder its paths are relative to (default: curate.json's source, else the
+            CSV's folder).
         check_headers: read every file's header at construction (default True); with False a
             manifest's ``width``/``height`` columns are trusted and a folder is not filtered.
         max_substitutions: how many consecutive unreadable files to skip before raising.
