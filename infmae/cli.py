@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -12,18 +13,21 @@ import torch
 
 from infmae.config import PRESETS, Config, ModelConfig, apply_overrides, preset
 from infmae.data.mapping import SIXTEEN_BIT_MODES
-from infmae.logging_utils import setup_logging
+from infmae.logging_utils import log_failure, setup_logging
 
 log = logging.getLogger("infmae")
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    from infmae.training.checkpoint import require_checkpoint
     from infmae.training.distributed import init_distributed, teardown
     from infmae.training.trainer import Trainer
 
     output = Path(args.output or f"runs/{args.preset or 'demo'}")
+    if args.resume == "must":
+        require_checkpoint(output)  # before anything is written: a mistyped --output creates nothing
     saved = output / "config.json"
-    if args.resume and args.preset is None and saved.is_file():
+    if args.resume != "never" and args.preset is None and saved.is_file():
         config = Config.from_dict(json.loads(saved.read_text()))  # resume with the run's own config
     else:
         config = preset(args.preset or "demo")
@@ -31,12 +35,32 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.data is not None:
         overrides.append(f"data.path={args.data}")
     config = apply_overrides(config, overrides)
-    info = init_distributed(config.train.device)  # under torchrun: join the process group (RANK, WORLD_SIZE, ...)
+    # under torchrun: join the process group (RANK, WORLD_SIZE, ...)
+    info = init_distributed(config.train.device, timeout_s=config.train.collective_timeout_s)
     setup_logging(output, rank=info.rank)
+    trainer = None
     try:
-        summary = Trainer(config, output, resume=args.resume).fit()
+        trainer = Trainer(config, output, resume=args.resume)
+        summary = trainer.fit()
+    except KeyboardInterrupt:
+        kept = trainer.checkpointer.last_good() if trainer is not None else None
+        log.error(
+            "aborted by a second Ctrl-C%s; the newest complete checkpoint is %s%s",
+            f" in step {trainer.step + 1}" if trainer is not None else "",
+            kept or "none",
+            f": continue with: infmae pretrain --output {output} --resume" if kept else "",
+        )
+        return 128 + signal.SIGINT
+    except ValueError as error:  # a user error, said in one line
+        log.error("%s", error)
+        return 2
+    except Exception as error:  # noqa: BLE001 - one line here, the traceback in train.log
+        log_failure(f"pretrain failed: {error}", error, output)
+        return 1
     finally:
         teardown()
+    if summary.stopped_by is not None:  # 128 + signal, as a shell reports a process the signal ended
+        return 128 + summary.stopped_by
     log.info(
         "done: %d steps, loss %.4f -> %.4f, checkpoint %s",
         summary.steps,
@@ -97,6 +121,11 @@ def _export(args: argparse.Namespace) -> int:
     if args.in_chans is not None:
         state = convert_in_chans(state, args.in_chans)
     encoder = {k: v.detach().cpu().clone() for k, v in encoder_state_dict(state).items()}
+    if not encoder:
+        raise ValueError(
+            f"export: expected the encoder's tensors (patch_embed1..4, blocks1..3, pos_embed, norm) in "
+            f"{args.checkpoint}, got none of its {len(state)} model tensors; is this an InfMAE checkpoint?"
+        )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": encoder}, args.output)
     log.info(
@@ -114,7 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="image folder or manifest.csv (default: synthetic images)")
     p.add_argument("--output", default=None, help="run folder (default: runs/PRESET)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. train.blr=1e-3")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output from its latest checkpoint")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="must",
+        default="never",
+        choices=("must", "auto"),
+        help="continue the run in --output from its newest intact checkpoint (an error when it has none); "
+        "--resume=auto starts a new run when there is nothing to continue (for job scripts and requeues)",
+    )
     p.set_defaults(func=_pretrain)
 
     v = commands.add_parser("visualize", help="original / masked / reconstruction grids for images")

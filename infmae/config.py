@@ -267,6 +267,10 @@ class TrainConfig:
     """'adamw' (torch, fused on CUDA), 'apex_adam' (apex FusedAdam) or 'apex_lamb' (apex FusedLAMB)."""
     tensorboard: bool = True
     """Write TensorBoard events to RUN/tensorboard when the `tensorboard` package is installed."""
+    collective_timeout_s: float = 600.0
+    """Under torchrun: how long a rank waits in a collective for the others before the job ends with a
+    message naming the rank that fell behind (a hung or stopped rank). Allow for the longest checkpoint
+    write and the first step's compilation."""
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(v) for v in self.betas)  # type: ignore[assignment]
@@ -315,6 +319,13 @@ class TrainConfig:
             self.fsdp_group,
             "an integer >= 1",
             "e.g. 2 ViT blocks per FSDP unit",
+        )
+        _require(
+            self.collective_timeout_s > 0,
+            "train.collective_timeout_s",
+            self.collective_timeout_s,
+            "a positive number of seconds",
+            "e.g. 600 (10 minutes)",
         )
         _require(
             self.optimizer in OPTIMIZERS,

@@ -28,3 +28,15 @@ def setup_logging(run_dir: str | Path | None = None, rank: int = 0) -> None:
         handler.setFormatter(logging.Formatter(FORMAT if rank == 0 else f"[rank {rank}] {FORMAT}", datefmt="%H:%M:%S"))
         handler._infmae = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+
+
+def log_failure(message: str, error: BaseException, run_dir: str | Path | None = None) -> None:
+    """A fatal error: one line on the console and in RUN/train.log, its traceback in train.log only."""
+    logger = logging.getLogger("infmae")
+    logger.error("%s%s", message, f" (traceback in {Path(run_dir) / 'train.log'})" if run_dir else "")
+    record = logger.makeRecord(
+        logger.name, logging.ERROR, __file__, 0, "traceback:", None, (type(error), error, error.__traceback__)
+    )
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and getattr(handler, "_infmae", False):
+            handler.handle(record)

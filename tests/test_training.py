@@ -123,10 +123,15 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert ckpt.latest_checkpoint(tmp_path) == first
     assert torch.equal(ckpt.load_checkpoint(tmp_path)["model"]["w"], torch.arange(4.0))
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", first.name]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "latest",
+        first.name,
+        first.name + ".sha256",
+    ]
     for step in (2, 3, 4):
         ckpt.save_checkpoint(tmp_path, step, {"step": step}, keep_last=2)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000003.pt", "step_00000004.pt"]
+    assert not (tmp_path / "checkpoints" / "step_00000002.pt.sha256").exists()  # pruned with its checkpoint
     assert ckpt.load_checkpoint(tmp_path)["step"] == 4
 
 
@@ -172,11 +177,18 @@ def test_a_failed_async_save_raises_on_wait_and_keeps_the_previous_latest(tmp_pa
 
     monkeypatch.setattr(ckpt.torch, "save", full_disk)
     pending = ckpt.save_checkpoint_async(tmp_path, 2, {"step": 2})
-    with pytest.raises(RuntimeError, match=r"expected step_00000002.pt to be written, got an error .*No space left"):
+    with pytest.raises(
+        ckpt.CheckpointWriteError,
+        match=r"could not write \S*step_00000002.pt: No space left on device; step_00000001.pt is still `latest`",
+    ):
         pending.wait()
     monkeypatch.undo()
     assert ckpt.latest_checkpoint(tmp_path) == first
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", first.name]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "latest",
+        first.name,
+        first.name + ".sha256",
+    ]
 
 
 def test_bad_files_are_reported_and_skipped_and_the_run_finishes(tmp_path, dirty_data, caplog):

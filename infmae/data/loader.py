@@ -12,6 +12,7 @@ uninterrupted ``iter_epoch(e)`` yields from step ``s`` on, with any number of wo
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -22,6 +23,14 @@ from .batch import Batch
 logger = logging.getLogger(__name__)
 
 Sample = tuple[torch.Tensor, int, list[tuple[str, str]]]
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Workers ignore Ctrl-C and the schedulers' stop signals (which reach every process of the job): the
+    training process decides when to stop, and it needs their batches to finish its step. They end with
+    it, as DataLoader workers do."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def collate(samples: Sequence[Sample]) -> Batch:
@@ -166,6 +175,7 @@ class ReferenceLoader:
             persistent_workers=False,
             # an explicit generator: DataLoader otherwise draws its worker base seed from the global RNG
             generator=torch.Generator().manual_seed(self.seed + int(epoch)),
+            worker_init_fn=ignore_stop_signals if self.num_workers else None,
         )
         for batch in loader:
             if batch.skipped:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import math
-import random
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -30,9 +30,11 @@ from infmae.data import ImageFolderDataset, ReferenceLoader, generate_dataset
 from infmae.model.infmae import InfMAE
 from infmae.training import checkpoint as ckpt
 from infmae.training.distributed import barrier, gather_dict, init_distributed
+from infmae.training.interrupts import GracefulStop, Heartbeat
 from infmae.training.metrics import MetricsWriter, TensorBoard, Throughput, format_line, peak_memory_gib
 from infmae.training.optim import build_optimizer, learning_rate, set_learning_rate
 from infmae.training.parallel import parallelize, unwrap
+from infmae.training.rng import rng_state, set_rng_state
 from infmae.training.visualize import reconstruction_panels, save_grid
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,15 @@ RESUME_MAY_CHANGE = {
     "activation_checkpointing",
     "compile",
     "tensorboard",
+    "collective_timeout_s",
 }
+RESUME_MODES = ("never", "must", "auto")
+
+
+def _is_timeout(error: BaseException) -> bool:
+    """A collective that gave up waiting or lost a peer (gloo and NCCL word it differently)."""
+    text = str(error).lower()
+    return isinstance(error, getattr(dist, "DistBackendError", ())) or "timed out" in text or "timeout" in text
 
 
 def pick_device(choice: str) -> torch.device:
@@ -78,21 +88,6 @@ def peak_tflops(device: torch.device) -> float | None:
     return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 @dataclass
 class RunSummary:
     steps: int
@@ -100,26 +95,36 @@ class RunSummary:
     last_loss: float | None
     checkpoint: Path | None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    stopped_by: int | None = None
+    """The signal that stopped the run early (SIGINT, SIGTERM, SIGUSR1), None when it ran to its end."""
 
 
 class Trainer:
-    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False):
+    """``resume``: 'never' (False; a folder with a checkpoint is refused), 'must' (True; a folder without
+    one is refused: a mistyped --output must not start a new run) or 'auto' (continue if there is one)."""
+
+    def __init__(self, config: Config, run_dir: str | Path, resume: bool | str = False):
         self.config = config
         self.run_dir = Path(run_dir)
         tc, dc, mc = config.train, config.data, config.model
+        self.resume = {False: "never", True: "must"}.get(resume, resume)
+        if self.resume not in RESUME_MODES:
+            raise ValueError(f"pretrain: expected resume in {RESUME_MODES}, got {resume!r}")
 
         # 0. process group: torchrun's (or the caller's); none for a single process
-        self.dist = init_distributed(tc.device)
+        self.dist = init_distributed(tc.device, timeout_s=tc.collective_timeout_s)
         self.rank, self.world_size = self.dist.rank, self.dist.world_size
         self.is_main = self.rank == 0
         self.distributed = self.dist.distributed
 
         existing = ckpt.latest_checkpoint(self.run_dir)
-        if existing is not None and not resume:
+        if existing is not None and self.resume == "never":
             raise ValueError(
                 f"pretrain: expected a new run folder, got {self.run_dir} which holds {existing.name}; "
                 "pass --resume to continue it, or choose another --output"
             )
+        if existing is None and self.resume == "must":
+            ckpt.require_checkpoint(self.run_dir)
         barrier()  # every rank has looked for a checkpoint before rank 0 writes into the folder
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -204,18 +209,22 @@ class Trainer:
             kernels.disable_host_sync_guards()
         self.optimizer = build_optimizer(self.model, tc, self.peak_lr, self.device)
         self.step = 0
-        self.last_checkpoint: Path | None = None
-        self.pending_save: ckpt.AsyncSave | None = None
-        # background DCP writes run their collectives on a gloo group of their own: on the training's group
-        # they would interleave with the gradient collectives of the main thread
-        self.checkpoint_group = dist.new_group(backend="gloo") if tc.async_checkpoint and self.distributed else None
+        self.checkpointer = ckpt.Checkpointer(self.run_dir, tc.keep_last, tc.async_checkpoint, self.distributed)
+        self.saved_step: int | None = None  # the step of the newest save, to not save a step twice
+        # stop requests are agreed on by every rank once per step, on a CPU group apart from the training's
+        self.control_group = (
+            dist.new_group(backend="gloo", timeout=timedelta(seconds=tc.collective_timeout_s))
+            if self.distributed
+            else None
+        )
+        self.heartbeat = Heartbeat(self.rank, self.world_size) if self.distributed else None
         self.skipped: dict[str, str] = dict(self.dataset.dropped)
 
         # 4. saved state
-        if resume and existing is not None:
-            self._restore(existing)
-        elif resume:
-            log.warning("--resume: no checkpoint in %s yet; starting from step 0", self.run_dir)
+        if self.resume != "never" and existing is not None:
+            self._restore()
+        elif self.resume == "auto":
+            log.info("--resume=auto: no checkpoint in %s yet; starting a new run", self.run_dir)
         self.metrics = self.tensorboard = None
         if self.is_main:
             (self.run_dir / "config.json").write_text(config.to_json())
@@ -251,6 +260,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "rng": rng_state(),
             "skipped": self.skipped,
+            "format": ckpt.FORMAT_VERSION,
         }
 
     def _sharded_state(self) -> dict:
@@ -277,31 +287,48 @@ class Trainer:
                 "resume with the saved config (RUN/config.json) or start a new run"
             )
 
-    def _restore(self, path: Path) -> None:
+    def _choose_checkpoint(self) -> tuple[Path | None, dict | None]:
+        """The newest intact checkpoint (damaged ones are set aside with a warning): rank 0 checks and
+        every rank gets its choice. -> (path, its state when it is a file read here)."""
+        if not self.distributed:
+            return ckpt.open_newest_intact(self.run_dir)
+        choice: list = [None, None]
+        if self.is_main:
+            try:
+                path, _ = ckpt.open_newest_intact(self.run_dir, load=False)
+                choice = [str(path) if path else None, None]
+            except ckpt.CheckpointError as error:
+                choice = [None, str(error)]
+        dist.broadcast_object_list(choice, src=0)
+        if choice[1] is not None:
+            raise ckpt.CheckpointError(choice[1])
+        return (Path(choice[0]) if choice[0] else None), None
+
+    def _restore(self) -> None:
+        path, state = self._choose_checkpoint()
+        if path is None:
+            return
         if path.is_dir():
             self._restore_distributed(path)
-            return
-        if self.distributed:
+        elif self.distributed:
             raise ValueError(
                 f"pretrain --resume: expected a distributed checkpoint folder for {self.world_size} "
                 f"ranks, got the single-process file {path}; resume it with one process"
             )
-        # on the CPU: the RNG states must stay CPU tensors; load_state_dict copies the rest to the device
-        state = ckpt.load_checkpoint(path, map_location="cpu")
-        self._check_config(state["config"])
-        unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = state["step"]
-        self.skipped.update(state.get("skipped", {}))
-        set_rng_state(state["rng"])
-        self.last_checkpoint = path
+        else:  # read on the CPU: the RNG states must stay CPU tensors; load_state_dict copies the rest
+            self._check_config(state["config"])
+            unwrap(self.model).load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step = state["step"]
+            self.skipped.update(state.get("skipped", {}))
+            set_rng_state(state["rng"])
+        self.checkpointer.last, self.saved_step = path, self.step
         log.info("resumed from %s at step %d", path, self.step)
 
     def _restore_distributed(self, path: Path) -> None:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
-        extra = torch.load(path / ckpt.EXTRA, map_location="cpu", weights_only=False)
-        self._check_config(extra["config"])  # before the collective load, on every rank alike
+        self._check_config(ckpt.safe_load(path / ckpt.EXTRA)["config"])  # before the collective load, every rank
         tensors = self._sharded_state()
         extra, rank_state = ckpt.load_distributed_checkpoint(path, tensors)
         set_state_dict(
@@ -319,21 +346,9 @@ class Trainer:
             )
         if rank_state is not None:
             set_rng_state(rank_state["rng"])
-        self.last_checkpoint = path
-        log.info("resumed from %s at step %d", path, self.step)
 
-    def save(self) -> Path:
-        """Collective under a process group: every rank calls it at the same step. With
-        ``train.async_checkpoint`` the write goes on in the background (``wait_for_save``) and the path it
-        will have is returned."""
-        tc = self.config.train
-        self.wait_for_save()  # one save in flight at a time; its error surfaces here
-        if not self.distributed:
-            if tc.async_checkpoint:
-                self.pending_save = ckpt.save_checkpoint_async(self.run_dir, self.step, self._state(), tc.keep_last)
-                return self.pending_save.final
-            self.last_checkpoint = ckpt.save_checkpoint(self.run_dir, self.step, self._state(), tc.keep_last)
-            return self.last_checkpoint
+    def _sharded_save(self) -> tuple[dict, dict, dict]:
+        """(this rank's shards, rank 0's run state, this rank's RNG states) for a DCP save."""
         self.skipped = gather_dict(self.skipped)
         extra = {
             "step": self.step,
@@ -341,39 +356,20 @@ class Trainer:
             "config": self.config.to_dict(),
             "skipped": self.skipped,
             "world_size": self.world_size,
+            "format": ckpt.FORMAT_VERSION,
         }
-        saved = ckpt.save_distributed_checkpoint(
-            self.run_dir,
-            self.step,
-            self._sharded_state(),
-            extra,
-            {"rng": rng_state()},
-            tc.keep_last,
-            self.checkpoint_group,
-        )
-        if isinstance(saved, ckpt.AsyncSave):
-            self.pending_save = saved
-            return saved.final
-        self.last_checkpoint = saved
-        return saved
+        return self._sharded_state(), extra, {"rng": rng_state()}
+
+    def save(self) -> Path:
+        """Collective under a process group: every rank calls it at the same step. With
+        ``train.async_checkpoint`` the write goes on in the background and the path it will have is
+        returned; a failed write raises ``CheckpointWriteError`` here or at the next save."""
+        self.saved_step = self.step
+        return self.checkpointer.save(self.step, self._state, self._sharded_save)
 
     def wait_for_save(self) -> Path | None:
-        """Waits for the background save in flight, if any (collective: every rank calls it together) ->
-        the newest complete checkpoint. Raises the write's error."""
-        if self.pending_save is not None:
-            pending, self.pending_save = self.pending_save, None
-            self.last_checkpoint = pending.wait()
-            barrier()  # rank 0 published the folder when its write completed: after this, every rank sees it
-        return self.last_checkpoint
-
-    def _last_good_checkpoint(self) -> Path | None:
-        """Without waiting: the background save if it has completed, else the previous one."""
-        if self.pending_save is not None and self.pending_save.done():
-            try:
-                return self.pending_save.wait()
-            except RuntimeError:
-                return self.last_checkpoint
-        return self.last_checkpoint
+        """Waits for a background save (collective) -> the newest complete checkpoint."""
+        return self.checkpointer.wait()
 
     def _micro_batches(self):
         """Yield (epoch, batch) from the current step on, forever, epoch after epoch."""
@@ -419,8 +415,37 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def fit(self) -> RunSummary:
-        tc, mc = self.config.train, self.config.model
-        n_params = self.n_params
+        """Train to ``stop_step``, or until a stop signal (then the current step is finished and saved)."""
+        tc = self.config.train
+        self._log_plan()
+        self.model.train()
+        with GracefulStop(self.control_group) as stop:
+            try:
+                first_loss, last_loss = self._train(stop)
+            except RuntimeError as error:
+                if self.heartbeat is None or not _is_timeout(error):
+                    raise
+                raise RuntimeError(self.heartbeat.explain(self.step, tc.collective_timeout_s)) from error
+            self.wait_for_save()
+        stopped_by = stop.stopped_by if self.step < self.stop_step else None
+        self.skipped = gather_dict(self.skipped)
+        if self.is_main:
+            self._report_skipped()
+            self.tensorboard.close()
+            if stopped_by is not None:
+                log.warning(
+                    "stopped at step %d by %s (checkpoint %s); continue with: infmae pretrain --output %s --resume",
+                    self.step,
+                    signal.Signals(stopped_by).name,
+                    self.checkpointer.last.name if self.checkpointer.last else "none",
+                    self.run_dir,
+                )
+        return RunSummary(
+            self.step, first_loss, last_loss, self.checkpointer.last, sorted(self.skipped.items()), stopped_by
+        )
+
+    def _log_plan(self) -> None:
+        tc = self.config.train
         log.info(
             "run %s | preset %s | device %s | %d rank(s), %s | %d images (%d skipped at scan) | "
             "%.2fM trainable parameters",
@@ -431,7 +456,7 @@ class Trainer:
             self.parallel,
             len(self.dataset),
             len(self.dataset.dropped),
-            n_params / 1e6,
+            self.n_params / 1e6,
         )
         log.info(
             "global batch %d (%d x %d accum x %d ranks) | lr = blr %.3g x %d / 256 = %.4g | %d steps/epoch | "
@@ -450,7 +475,10 @@ class Trainer:
             self.warmup_steps,
             self.flops_per_image / 1e9,
         )
-        self.model.train()
+
+    def _train(self, stop: GracefulStop) -> tuple[float | None, float | None]:
+        """The step loop; leaves it early, after saving, when ``stop`` says so. -> (first, last) logged loss."""
+        tc, mc = self.config.train, self.config.model
         batches = self._micro_batches()
         meter = Throughput()
         loss_sum = torch.zeros((), device=self.device)
@@ -488,8 +516,10 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             self.after_step()
+            if self.heartbeat is not None:
+                self.heartbeat.beat(self.step)
 
-            if log_now:  # the only host sync of a step (and, with several ranks, the only collective)
+            if log_now:  # the only host sync of a step (and, with several ranks, the only GPU collective)
                 elapsed, img_per_s, wait_pct = meter.summary()
                 if self.distributed:  # one all-reduce: loss sum, images/s of all ranks, worst data wait
                     packed = torch.stack([loss_sum.detach().float(), torch.tensor(img_per_s, device=self.device)])
@@ -503,7 +533,7 @@ class Trainer:
                     raise FloatingPointError(
                         f"pretrain: expected a finite loss, got {loss} between steps {last_logged_step + 1} and "
                         f"{self.step}; last batch indices {batch.indices.tolist()}; last good checkpoint "
-                        f"{self._last_good_checkpoint() or 'none'}. Lower train.blr or enable train.grad_clip"
+                        f"{self.checkpointer.last_good() or 'none'}. Lower train.blr or enable train.grad_clip"
                         + (f" (batch indices of rank {self.rank} of {self.world_size})" if self.distributed else "")
                     )
                 step_time = (time.perf_counter() - run_start) / (self.step - start_step)
@@ -541,12 +571,11 @@ class Trainer:
                 self.write_reconstructions(images, out)
             if self.step % tc.checkpoint_every == 0 or finished:
                 self.save()
-        self.wait_for_save()
-        self.skipped = gather_dict(self.skipped)
-        if self.is_main:
-            self._report_skipped()
-            self.tensorboard.close()
-        return RunSummary(self.step, first_loss, last_loss, self.last_checkpoint, sorted(self.skipped.items()))
+            if not finished and stop.agreed() is not None:  # collective: every rank stops after the same step
+                if self.saved_step != self.step:
+                    self.save()
+                break
+        return first_loss, last_loss
 
     def write_reconstructions(self, images: torch.Tensor, out) -> Path:
         dc = self.config.data
