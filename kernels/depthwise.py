@@ -10,8 +10,10 @@ Public op (same signature, output and gradients as its eager twin ``reference.de
 tiles' dtype: the dense ``conv2d(padding=2, groups=C)`` of the map in which only the visible tiles are
 non-zero, evaluated on those tiles; the 2-pixel halo comes from the 8 neighbours, zero for -1.
 
-Layering (as kernels/tokens.py): private ``@triton.jit`` kernels; launchers
-(``depthwise_conv5x5_tiles_forward`` / ``_backward``) that validate, accept ``out=`` and launch; custom ops
+Layering (as kernels/tokens.py): private ``@triton.jit`` kernels; private launchers
+(``_depthwise_conv5x5_tiles_forward`` / ``_backward``) that validate, check the neighbour table (the
+``HOST_SYNC_GUARDS.check_neighbours`` guard), allocate their outputs (or write into ``out=``: the
+poisoned-output tests, through ``kernels.testing``) and launch; custom ops
 ``infmae::depthwise_tiles_fwd`` / ``_bwd`` with fake implementations (single graph nodes for
 ``torch.compile``); a ``torch.autograd.Function``.
 
@@ -27,7 +29,7 @@ Design notes:
   over P by ``torch.sum`` in a fixed order: bitwise deterministic.
 - One config, from T and C (no autotune). Under the Triton interpreter (CPU tests) bf16 arithmetic and
   fp32->bf16 conversion are wrong, so every load is converted to fp32 and stores round by integer ops
-  (``_to_dtype_rtne`` of kernels/tokens.py).
+  (``to_dtype_rtne``, kernels/_launch.py).
 - Written for torch 2.11-2.13 and Triton 3.6-3.7: no block pointers, no tensor descriptors.
 """
 
@@ -38,28 +40,21 @@ import triton
 import triton.language as tl
 
 from kernels import reference
-from kernels._launch import use_triton
-from kernels.tokens import _to_dtype_rtne
+from kernels._common import (
+    FLOAT_DTYPES,
+    HOST_SYNC_GUARDS,
+    check_float,
+    fail,
+    out_list,
+    out_or_new,
+)
+from kernels._launch import to_dtype_rtne, use_triton
 
-__all__ = [
-    "CHECK_NEIGHBOURS",
-    "depthwise_conv5x5_tiles",
-    "depthwise_conv5x5_tiles_forward",
-    "depthwise_conv5x5_tiles_backward",
-]
+__all__ = ["depthwise_conv5x5_tiles"]
 
 OP = "depthwise_conv5x5_tiles"
-CHECK_NEIGHBOURS = True
-"""Debugging guard: check that every neighbour index is in [-1, K) before each forward launch (one host
-sync). Without it an index out of range reads out of bounds. The trainer may turn it off."""
-
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TARGET_PARTIALS = 512  # weight gradient: about this many fp32 partial rows (chunks of tiles)
 _TAP_SLOTS = 32  # the 25 taps padded to a power of two
-
-
-def _fail(expected: str, got: str, hint: str) -> None:
-    raise ValueError(f"{OP}: expected {expected}, got {got}; {hint}")
 
 
 def _use_triton(t: torch.Tensor) -> bool:
@@ -187,7 +182,7 @@ def _depthwise_tiles_kernel(
     dst = out_ptr + batch * o_b + k * o_k + (pixels // T) * o_y + (pixels % T) * o_x
     tl.store(
         dst[:, None] + cols[None, :] * o_c,
-        _to_dtype_rtne(acc, out_ptr.dtype.element_ty),
+        to_dtype_rtne(acc, out_ptr.dtype.element_ty),
         mask=pixel_ok[:, None] & col_ok[None, :],
     )
 
@@ -267,32 +262,20 @@ def _depthwise_tiles_wgrad_kernel(
 # launchers
 # ---------------------------------------------------------------------------------------------
 def _validate(tiles, neighbours, weight, bias) -> None:
-    reference.check_depthwise_tiles_inputs(OP, tiles, neighbours, weight, bias, dtypes=_FLOAT_DTYPES)
+    reference.check_depthwise_tiles_inputs(OP, tiles, neighbours, weight, bias, dtypes=FLOAT_DTYPES)
 
 
 def _check_neighbour_values(neighbours: torch.Tensor, K: int) -> None:
-    if CHECK_NEIGHBOURS and neighbours.numel() and neighbours.device.type != "meta":
+    """The ``check_neighbours`` guard: every index in [-1, K). Syncs with the host (two .item())."""
+    if HOST_SYNC_GUARDS.check_neighbours and neighbours.numel() and neighbours.device.type != "meta":
         low, high = int(neighbours.min()), int(neighbours.max())
         if low < -1 or high >= K:
-            _fail(
+            fail(
+                OP,
                 f"neighbour indices in [-1, {K})",
                 f"values in [{low}, {high}]",
                 "build the table with reference.tile_neighbours(ids_keep, grid_hw)",
             )
-
-
-def _check_out(name: str, out: torch.Tensor | None, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
-    if out is None:
-        return torch.empty(shape, dtype=dtype, device=device)
-    if (
-        not isinstance(out, torch.Tensor)
-        or tuple(out.shape) != tuple(shape)
-        or out.dtype != dtype
-        or out.device != torch.device(device)
-    ):
-        got = f"{tuple(out.shape)} {out.dtype} {out.device}" if isinstance(out, torch.Tensor) else type(out).__name__
-        _fail(f"{name} of shape {tuple(shape)}, dtype {dtype} on {device}", got, f"allocate {name} like the result")
-    return out
 
 
 def _weight_view(weight: torch.Tensor) -> torch.Tensor:
@@ -328,7 +311,7 @@ def _launch(src, neighbours, weight, bias, out, flip: bool) -> None:
     )
 
 
-def depthwise_conv5x5_tiles_forward(
+def _depthwise_conv5x5_tiles_forward(
     tiles_BKTTC: torch.Tensor,
     neighbours_BK9: torch.Tensor,
     weight_C155: torch.Tensor,
@@ -338,7 +321,7 @@ def depthwise_conv5x5_tiles_forward(
     """One launch: [B,K,T,T,C] in the tiles' dtype, the fp32 twin's output rounded once (fp32 accumulation);
     for 16-bit tiles the eager twin, which rounds the weights to the tiles' dtype first, may differ by more."""
     _validate(tiles_BKTTC, neighbours_BK9, weight_C155, bias_C)
-    out = _check_out("out", out, tuple(tiles_BKTTC.shape), tiles_BKTTC.dtype, tiles_BKTTC.device)
+    out = out_or_new(OP, "out", out, tiles_BKTTC.shape, tiles_BKTTC.dtype, tiles_BKTTC.device)
     _check_neighbour_values(neighbours_BK9, tiles_BKTTC.shape[1])
     if not _use_triton(tiles_BKTTC):
         return out.copy_(reference.depthwise_conv5x5_tiles(tiles_BKTTC, neighbours_BK9, weight_C155, bias_C))
@@ -346,7 +329,7 @@ def depthwise_conv5x5_tiles_forward(
     return out
 
 
-def depthwise_conv5x5_tiles_backward(
+def _depthwise_conv5x5_tiles_backward(
     grad_BKTTC: torch.Tensor,
     tiles_BKTTC: torch.Tensor,
     neighbours_BK9: torch.Tensor,
@@ -360,24 +343,15 @@ def depthwise_conv5x5_tiles_backward(
     Input gradient: one launch of the forward kernel with the flipped weight. Weight and bias gradients: one
     launch writing fp32 partials per chunk of tiles, then a fixed-order ``torch.sum`` (no atomics)."""
     _validate(tiles_BKTTC, neighbours_BK9, weight_C155, None)
-    if (
-        not isinstance(grad_BKTTC, torch.Tensor)
-        or grad_BKTTC.shape != tiles_BKTTC.shape
-        or grad_BKTTC.dtype not in _FLOAT_DTYPES
-    ):
-        got = (
-            f"{tuple(grad_BKTTC.shape)} {grad_BKTTC.dtype}"
-            if isinstance(grad_BKTTC, torch.Tensor)
-            else type(grad_BKTTC).__name__
-        )
-        _fail(f"grad of shape {tuple(tiles_BKTTC.shape)} and a float dtype", got, "pass the gradient of the output")
+    if not isinstance(grad_BKTTC, torch.Tensor) or grad_BKTTC.shape != tiles_BKTTC.shape:
+        got = f"shape {tuple(grad_BKTTC.shape)}" if isinstance(grad_BKTTC, torch.Tensor) else type(grad_BKTTC).__name__
+        fail(OP, f"grad of shape {tuple(tiles_BKTTC.shape)}", got, "pass the gradient of the output")
+    check_float(OP, "grad", grad_BKTTC)
     B, K, T, _, C = tiles_BKTTC.shape
-    out = tuple(out) if out is not None else (None, None, None)
-    if len(out) != 3:
-        _fail("out as 3 tensors (tiles, weight, bias gradients)", f"{len(out)} items", "pass None for any of them")
-    grad_tiles = _check_out("out[0]", out[0], tuple(tiles_BKTTC.shape), tiles_BKTTC.dtype, tiles_BKTTC.device)
-    grad_weight = _check_out("out[1]", out[1], tuple(weight_C155.shape), weight_C155.dtype, weight_C155.device)
-    grad_bias = _check_out("out[2]", out[2], (C,), weight_C155.dtype, weight_C155.device) if has_bias else None
+    out_tiles, out_weight, out_bias = out_list(OP, out, 3)
+    grad_tiles = out_or_new(OP, "out[0]", out_tiles, tiles_BKTTC.shape, tiles_BKTTC.dtype, tiles_BKTTC.device)
+    grad_weight = out_or_new(OP, "out[1]", out_weight, weight_C155.shape, weight_C155.dtype, weight_C155.device)
+    grad_bias = out_or_new(OP, "out[2]", out_bias, (C,), weight_C155.dtype, weight_C155.device) if has_bias else None
     if not _use_triton(tiles_BKTTC):
         with torch.enable_grad():
             leaves = [tiles_BKTTC.detach().requires_grad_(), weight_C155.detach().requires_grad_()]
@@ -432,7 +406,7 @@ def depthwise_conv5x5_tiles_backward(
 def _fwd_op(
     tiles: torch.Tensor, neighbours: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    return depthwise_conv5x5_tiles_forward(tiles, neighbours, weight, bias)
+    return _depthwise_conv5x5_tiles_forward(tiles, neighbours, weight, bias)
 
 
 @_fwd_op.register_fake
@@ -444,7 +418,7 @@ def _(tiles, neighbours, weight, bias):
 def _bwd_op(
     grad: torch.Tensor, tiles: torch.Tensor, neighbours: torch.Tensor, weight: torch.Tensor, has_bias: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    grad_tiles, grad_weight, grad_bias = depthwise_conv5x5_tiles_backward(grad, tiles, neighbours, weight, has_bias)
+    grad_tiles, grad_weight, grad_bias = _depthwise_conv5x5_tiles_backward(grad, tiles, neighbours, weight, has_bias)
     if grad_bias is None:  # a custom op returns tensors only
         grad_bias = weight.new_zeros(0)
     return grad_tiles, grad_weight, grad_bias

@@ -1,14 +1,14 @@
-"""Triton sort-and-stride mask: information-aware masking from patch scores (shared/README.md 2.1, 3).
+"""Triton sort-and-stride mask: information-aware masking from patch scores (docs/specification.md, 'Kernels').
 
 Shape legend: B batch, L = h*w patches in raster order, S the mask stride, K = ceil(L / S) visible
 patches, h x w the patch grid.
 
-``sort_stride_mask(scores_BL, stride, order="descending", grid_hw=None, *, out=None) -> MaskOutputs``
-has the signature and the outputs of its eager twin ``kernels.reference.sort_stride_mask``, the
-specification: sort the patches by score (stable: ties go to the lower raster index, in both orders),
-keep ranks 0, S, 2S, ...; ``ids_keep`` [B,K] int64 in rank order, ``ids_restore`` [B,L] int64 (the
-inverse permutation), ``mask`` [B,L] float32 (1 = masked), and, when ``grid_hw`` is given, the
-visibility maps ``visible_x4`` [B,1,4h,4w] and ``visible_x2`` [B,1,2h,2w] (1 = visible), else None.
+``sort_stride_mask(scores_BL, stride, order="descending", grid_hw=None) -> MaskOutputs`` has the
+signature and the outputs of its eager twin ``kernels.reference.sort_stride_mask``, the specification:
+sort the patches by score (stable: ties go to the lower raster index, in both orders), keep ranks 0, S,
+2S, ...; ``ids_keep`` [B,K] int64 in rank order, ``ids_restore`` [B,L] int64 (the inverse permutation),
+``mask`` [B,L] float32 (1 = masked), and, when ``grid_hw`` is given, the visibility maps ``visible_x4``
+[B,1,4h,4w] and ``visible_x2`` [B,1,2h,2w] (1 = visible), else None.
 All five are bit-exact against the twin on the same scores, ties included.
 
 Keys: a score (float32, or bfloat16/float16 widened exactly to float32) becomes an order-preserving
@@ -31,41 +31,40 @@ written exactly once, since the sort is a permutation). One launch, no second ke
 Which path runs (``_use_triton``): the Triton kernel for a CUDA tensor, or for a CPU tensor while
 ``TRITON_INTERPRET=1`` (tests); otherwise (a CPU tensor, no interpreter) the eager twin, so that
 ``torch.compile`` on a CPU machine traces and runs it. The op is the torch.library custom op
-``infmae::sort_stride_mask`` (``infmae::sort_stride_mask_out`` for ``out=``); it has no gradient
-(its outputs are integers and 0/1 maps).
+``infmae::sort_stride_mask``; it has no gradient (its outputs are integers and 0/1 maps). ``_write`` (that
+rule, into given tensors) also serves ``kernels.testing.sort_stride_mask_out``, which writes into poisoned
+outputs.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 import triton
 import triton.language as tl
 
 from . import reference
+from ._common import check_float, check_tensor, fail
 from ._launch import use_triton
 from .reference import MaskOutputs
 
 __all__ = ["sort_stride_mask", "MaskOutputs"]
 
 _OP = "sort_stride_mask"
-_SCORE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_TRITON_L = 4096  # longer rows: the eager twin (see the module docstring)
-
-
-def _use_triton(t: torch.Tensor) -> bool:
-    """The shared launch rule (kernels/_launch.py)."""
-    return use_triton(t, _sort_stride_mask_kernel)
-
-
-def _fail(expected: str, got: str, hint: str, error: type = ValueError) -> None:
-    raise error(f"{_OP}: expected {expected}, got {got}; {hint}")
 
 
 # ---------------------------------------------------------------------------------------------
 # kernel
 # ---------------------------------------------------------------------------------------------
+@triton.jit
+def _store_map_blocks(map_ptr, stride_b, stride_h, stride_w, b, row, col, visible, valid, SCALE: tl.constexpr):
+    """Write ``visible`` into the SCALE x SCALE block of each lane's patch (row, col) of a visibility map."""
+    for dy in tl.static_range(SCALE):
+        for dx in tl.static_range(SCALE):
+            offsets = b * stride_b + (SCALE * row + dy) * stride_h + (SCALE * col + dx) * stride_w
+            tl.store(map_ptr + offsets, visible, mask=valid)
+
+
 @triton.jit
 def _sort_stride_mask_kernel(
     scores_ptr,
@@ -122,20 +121,8 @@ def _sort_stride_mask_kernel(
         visible = tl.where(kept, 1.0, 0.0)
         row = (idx // w).to(tl.int64)
         col = (idx % w).to(tl.int64)
-        for dy in tl.static_range(4):
-            for dx in tl.static_range(4):
-                tl.store(
-                    x4_ptr + b * x4_stride_b + (4 * row + dy) * x4_stride_h + (4 * col + dx) * x4_stride_w,
-                    visible,
-                    mask=valid,
-                )
-        for dy in tl.static_range(2):
-            for dx in tl.static_range(2):
-                tl.store(
-                    x2_ptr + b * x2_stride_b + (2 * row + dy) * x2_stride_h + (2 * col + dx) * x2_stride_w,
-                    visible,
-                    mask=valid,
-                )
+        _store_map_blocks(x4_ptr, x4_stride_b, x4_stride_h, x4_stride_w, b, row, col, visible, valid, 4)
+        _store_map_blocks(x2_ptr, x2_stride_b, x2_stride_h, x2_stride_w, b, row, col, visible, valid, 2)
 
 
 def _num_warps(block: int) -> int:
@@ -144,18 +131,10 @@ def _num_warps(block: int) -> int:
     return min(32, max(4, block // 128))
 
 
-def _launch(
-    scores: torch.Tensor,
-    stride: int,
-    descending: bool,
-    grid_w: int,
-    keep: torch.Tensor,
-    restore: torch.Tensor,
-    mask: torch.Tensor,
-    x4: torch.Tensor | None,
-    x2: torch.Tensor | None,
-) -> None:
-    """Write every output of one sort-and-stride mask into the given tensors (any strides)."""
+def _launch(scores: torch.Tensor, stride: int, descending: bool, grid_w: int, outs: tuple) -> None:
+    """Write every output of one sort-and-stride mask into ``outs`` = (ids_keep, ids_restore, mask,
+    visible_x4, visible_x2) (any strides; the maps None without a grid)."""
+    keep, restore, mask, x4, x2 = outs
     B, L = scores.shape
     if B == 0 or L == 0:
         return
@@ -190,7 +169,19 @@ def _launch(
     )
 
 
-def _copy_twin(scores, stride, order, grid_hw, outs) -> None:
+def _use_triton(t: torch.Tensor) -> bool:
+    """The shared launch rule (kernels/_launch.py)."""
+    return use_triton(t, _sort_stride_mask_kernel)
+
+
+def _write(scores: torch.Tensor, stride: int, order: str, grid_hw: tuple[int, int] | None, outs: tuple) -> None:
+    """The launch rule into ``outs`` (ids_keep, ids_restore, mask, visible_x4, visible_x2; the maps None
+    without a grid): the kernel, or for rows longer than ``MAX_TRITON_L`` or off the Triton path, the
+    twin's outputs copied."""
+    if _use_triton(scores) and scores.shape[1] <= MAX_TRITON_L:
+        grid_w = grid_hw[1] if grid_hw is not None else 0
+        _launch(scores, stride, order == "descending", grid_w, outs)
+        return
     twin = reference.sort_stride_mask(scores, stride, order, grid_hw)
     for dst, src in zip(outs, twin):
         if dst is not None:
@@ -198,8 +189,8 @@ def _copy_twin(scores, stride, order, grid_hw, outs) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# custom ops. The functional op always returns five tensors; without a grid the maps are empty
-# [B,1,0,0] tensors, which the public function turns into None.
+# custom op. It always returns five tensors; without a grid the maps are empty [B,1,0,0] tensors,
+# which the public function turns into None.
 # ---------------------------------------------------------------------------------------------
 def _empty_outputs(scores: torch.Tensor, stride: int, grid_h: int, grid_w: int):
     B, L = scores.shape
@@ -219,13 +210,10 @@ def _sort_stride_mask_op(
     scores: torch.Tensor, stride: int, order: str, grid_h: int, grid_w: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     outs = _empty_outputs(scores, stride, grid_h, grid_w)
-    has_maps = grid_h > 0
-    grid_hw = (grid_h, grid_w) if has_maps else None
-    maps = outs[3:] if has_maps else (None, None)
-    if _use_triton(scores) and scores.shape[1] <= MAX_TRITON_L:
-        _launch(scores, stride, order == "descending", grid_w, *outs[:3], *maps)
+    if grid_h > 0:
+        _write(scores, stride, order, (grid_h, grid_w), outs)
     else:
-        _copy_twin(scores, stride, order, grid_hw, (*outs[:3], *maps))
+        _write(scores, stride, order, None, (*outs[:3], None, None))
     return outs
 
 
@@ -234,69 +222,28 @@ def _(scores, stride, order, grid_h, grid_w):
     return _empty_outputs(scores, stride, grid_h, grid_w)
 
 
-@torch.library.custom_op(
-    "infmae::sort_stride_mask_out", mutates_args=("ids_keep", "ids_restore", "mask", "visible_x4", "visible_x2")
-)
-def _sort_stride_mask_out_op(
-    scores: torch.Tensor,
-    stride: int,
-    order: str,
-    grid_w: int,
-    ids_keep: torch.Tensor,
-    ids_restore: torch.Tensor,
-    mask: torch.Tensor,
-    visible_x4: torch.Tensor | None,
-    visible_x2: torch.Tensor | None,
-) -> None:
-    if _use_triton(scores) and scores.shape[1] <= MAX_TRITON_L:
-        _launch(scores, stride, order == "descending", grid_w, ids_keep, ids_restore, mask, visible_x4, visible_x2)
-    else:
-        grid_hw = None if visible_x4 is None else (scores.shape[1] // grid_w, grid_w)
-        _copy_twin(scores, stride, order, grid_hw, (ids_keep, ids_restore, mask, visible_x4, visible_x2))
-
-
-@_sort_stride_mask_out_op.register_fake
-def _(scores, stride, order, grid_w, ids_keep, ids_restore, mask, visible_x4, visible_x2):
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # public function
 # ---------------------------------------------------------------------------------------------
-def _check_out(name: str, t, shape: tuple, dtype: torch.dtype, device: torch.device) -> None:
-    if not isinstance(t, torch.Tensor):
-        _fail(
-            f"out.{name} as a torch.Tensor",
-            type(t).__name__,
-            f"pass a {dtype} tensor of shape {list(shape)}",
-            TypeError,
-        )
-    if tuple(t.shape) != shape or t.dtype != dtype or t.device != device:
-        _fail(
-            f"out.{name} of shape {list(shape)}, {dtype}, on {device}",
-            f"shape {tuple(t.shape)}, {t.dtype}, on {t.device}",
-            "allocate it with torch.empty(...) to match",
-        )
-
-
-def _validate(scores, stride, order, grid_hw, out) -> tuple | None:
-    if not isinstance(scores, torch.Tensor):
-        _fail("scores as a torch.Tensor", type(scores).__name__, "pass the [B,L] output of intensity_pool", TypeError)
+def _validate(scores, stride, order, grid_hw) -> None:
+    check_tensor(_OP, "scores", scores, "pass the [B,L] output of intensity_pool")
     if scores.dim() != 2:
-        _fail(
+        fail(
+            _OP,
             "scores of shape [B,L]",
             f"shape {tuple(scores.shape)}",
             "score the patches first (intensity_pool) and pass its [B,L] output",
         )
-    if scores.dtype not in _SCORE_DTYPES:
-        _fail("scores of dtype float32, bfloat16 or float16", str(scores.dtype), "convert with scores.float()")
-    B, L = scores.shape
+    check_float(_OP, "scores", scores)
+    L = scores.shape[1]
     if L >= 2**31:
-        _fail("fewer than 2**31 patches per row", str(L), "the raster index is packed into 32 bits")
+        fail(_OP, "fewer than 2**31 patches per row", str(L), "the raster index is packed into 32 bits")
     if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
-        _fail("an integer stride >= 1", repr(stride), "the default stride is 4 (25 % visible)")
+        fail(_OP, "an integer stride >= 1", repr(stride), "the default stride is 4 (25 % visible)")
     if order not in reference.ORDERS:
-        _fail(f"order in {reference.ORDERS}", repr(order), "use 'descending' (paper) or 'ascending' (released code)")
+        fail(
+            _OP, f"order in {reference.ORDERS}", repr(order), "use 'descending' (paper) or 'ascending' (released code)"
+        )
     if grid_hw is not None:
         ok = (
             isinstance(grid_hw, (tuple, list))
@@ -304,38 +251,11 @@ def _validate(scores, stride, order, grid_hw, out) -> tuple | None:
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in grid_hw)
         )
         if not ok or grid_hw[0] * grid_hw[1] != L:
-            _fail(f"grid_hw (h, w) of positive ints with h*w == L == {L}", repr(grid_hw), "pass (H // 16, W // 16)")
-    if out is None:
-        return None
-    if not isinstance(out, (tuple, list)) or len(out) not in (3, 5):
-        _fail(
-            "out as a tuple (ids_keep, ids_restore, mask[, visible_x4, visible_x2])",
-            repr(type(out).__name__),
-            "pass a MaskOutputs or a tuple of 3 or 5 tensors",
-        )
-    outs = tuple(out) + (None,) * (5 - len(out))
-    K = reference.num_visible(L, stride)
-    dev = scores.device
-    _check_out("ids_keep", outs[0], (B, K), torch.int64, dev)
-    _check_out("ids_restore", outs[1], (B, L), torch.int64, dev)
-    _check_out("mask", outs[2], (B, L), torch.float32, dev)
-    if grid_hw is None:
-        if outs[3] is not None or outs[4] is not None:
-            _fail("no visibility maps in out when grid_hw is None", "map tensors", "pass grid_hw, or None for the maps")
-    else:
-        h, w = grid_hw
-        _check_out("visible_x4", outs[3], (B, 1, 4 * h, 4 * w), torch.float32, dev)
-        _check_out("visible_x2", outs[4], (B, 1, 2 * h, 2 * w), torch.float32, dev)
-    return outs
+            fail(_OP, f"grid_hw (h, w) of positive ints with h*w == L == {L}", repr(grid_hw), "pass (H // 16, W // 16)")
 
 
 def sort_stride_mask(
-    scores_BL: torch.Tensor,
-    stride: int,
-    order: str = "descending",
-    grid_hw: tuple[int, int] | None = None,
-    *,
-    out: Sequence[torch.Tensor | None] | None = None,
+    scores_BL: torch.Tensor, stride: int, order: str = "descending", grid_hw: tuple[int, int] | None = None
 ) -> MaskOutputs:
     """Information-aware mask: sort patches by score, keep every ``stride``-th rank (offset 0).
 
@@ -343,18 +263,11 @@ def sort_stride_mask(
     rank 0) or "ascending". Ties break by lower raster index first in both orders; -0.0 equals +0.0;
     NaN sorts as the largest value (as torch.sort). grid_hw: (h, w) with h*w == L; when given, the x4
     and x2 visibility maps are returned too, else they are None.
-    out: optional (ids_keep, ids_restore, mask[, visible_x4, visible_x2]) to write into (any strides);
-    the returned MaskOutputs holds these tensors.
     Raises ValueError (TypeError for a non-tensor) on a bad input, with the expected value and a fix.
     """
-    outs = _validate(scores_BL, stride, order, grid_hw, out)
-    scores = scores_BL.detach()
-    if outs is None:
-        h, w = grid_hw if grid_hw is not None else (0, 0)
-        ids_keep, ids_restore, mask, x4, x2 = torch.ops.infmae.sort_stride_mask(scores, stride, order, h, w)
-        if grid_hw is None:
-            x4 = x2 = None
-        return MaskOutputs(ids_keep, ids_restore, mask, x4, x2)
-    grid_w = grid_hw[1] if grid_hw is not None else 0
-    torch.ops.infmae.sort_stride_mask_out(scores, stride, order, grid_w, *outs)
-    return MaskOutputs(*outs)
+    _validate(scores_BL, stride, order, grid_hw)
+    h, w = grid_hw if grid_hw is not None else (0, 0)
+    ids_keep, ids_restore, mask, x4, x2 = torch.ops.infmae.sort_stride_mask(scores_BL.detach(), stride, order, h, w)
+    if grid_hw is None:
+        x4 = x2 = None
+    return MaskOutputs(ids_keep, ids_restore, mask, x4, x2)

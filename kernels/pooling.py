@@ -1,11 +1,11 @@
-"""Triton intensity pooling: one linear 16x16 filter scored on every patch (shared/README.md 2.1, 3).
+"""Triton intensity pooling: one linear 16x16 filter scored on every patch (docs/specification.md, 'Kernels').
 
 Shape legend: B batch, C channels, H x W image (multiples of 16), h x w = H/16 x W/16 the patch grid,
 L = h*w patches in raster order.
 
-``intensity_pool(imgs_BCHW, filter_C1616, bias=0.0, *, out=None) -> scores_BL`` (fp32) has the
-signature and the outputs of its eager twin ``kernels.reference.intensity_pool``, which is the
-specification: ``scores[b, l] = <F, imgs[b, :, patch l]> + bias``.
+``intensity_pool(imgs_BCHW, filter_C1616, bias=0.0) -> scores_BL`` (fp32) has the signature and the
+outputs of its eager twin ``kernels.reference.intensity_pool``, which is the specification:
+``scores[b, l] = <F, imgs[b, :, patch l]> + bias``.
 
 - imgs: float32, bfloat16 or float16, any strides (the four strides go to the kernel: channels-last,
   sliced or expanded views, e.g. a gray image expanded to 3 channels with channel stride 0, are read in
@@ -25,8 +25,8 @@ differs from the twin's einsum by a few fp32 ulp (tests/tolerances.py, "intensit
 Which path runs (``_use_triton``): the Triton kernel for a CUDA tensor, or for a CPU tensor while
 ``TRITON_INTERPRET=1`` (tests); otherwise (a CPU tensor, no interpreter) the eager twin, so that
 ``torch.compile`` on a CPU machine traces and runs it. The op is the torch.library custom op
-``infmae::intensity_pool`` (and ``infmae::intensity_pool_out`` for ``out=``), so ``torch.compile``
-does not break its graph on it.
+``infmae::intensity_pool``, so ``torch.compile`` does not break its graph on it. ``_write`` (that rule,
+into a given tensor) also serves ``kernels.testing.intensity_pool_out``, which writes into poisoned outputs.
 """
 
 from __future__ import annotations
@@ -36,22 +36,13 @@ import triton
 import triton.language as tl
 
 from . import reference
+from ._common import fail
 from ._launch import use_triton
 
 __all__ = ["intensity_pool"]
 
 PATCH = reference.PATCH
 _OP = "intensity_pool"
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _use_triton(t: torch.Tensor) -> bool:
-    """The shared launch rule (kernels/_launch.py)."""
-    return use_triton(t, _intensity_pool_kernel)
-
-
-def _fail(expected: str, got: str, hint: str, error: type = ValueError) -> None:
-    raise error(f"{_OP}: expected {expected}, got {got}; {hint}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,16 +116,27 @@ def _launch(imgs: torch.Tensor, filt: torch.Tensor, bias: torch.Tensor, out: tor
     )
 
 
+def _use_triton(t: torch.Tensor) -> bool:
+    """The shared launch rule (kernels/_launch.py)."""
+    return use_triton(t, _intensity_pool_kernel)
+
+
+def _write(imgs: torch.Tensor, filt: torch.Tensor, bias: torch.Tensor, out: torch.Tensor) -> None:
+    """The launch rule into ``out``: the kernel, or the twin's scores copied."""
+    if _use_triton(imgs):
+        _launch(imgs, filt, bias, out)
+    else:
+        out.copy_(reference.intensity_pool(imgs, filt, bias))
+
+
 # ---------------------------------------------------------------------------------------------
-# custom ops (torch.compile sees them as opaque nodes with a shape function)
+# custom op (torch.compile sees it as an opaque node with a shape function)
 # ---------------------------------------------------------------------------------------------
 @torch.library.custom_op("infmae::intensity_pool", mutates_args=())
 def _intensity_pool_op(imgs: torch.Tensor, filt: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    if not _use_triton(imgs):
-        return reference.intensity_pool(imgs, filt, bias)
     B, _, H, W = imgs.shape
     out = torch.empty(B, (H // PATCH) * (W // PATCH), dtype=torch.float32, device=imgs.device)
-    _launch(imgs, filt, bias, out)
+    _write(imgs, filt, bias, out)
     return out
 
 
@@ -144,98 +146,60 @@ def _(imgs, filt, bias):
     return imgs.new_empty(B, (H // PATCH) * (W // PATCH), dtype=torch.float32)
 
 
-@torch.library.custom_op("infmae::intensity_pool_out", mutates_args=("out",))
-def _intensity_pool_out_op(imgs: torch.Tensor, filt: torch.Tensor, bias: torch.Tensor, out: torch.Tensor) -> None:
-    if not _use_triton(imgs):
-        out.copy_(reference.intensity_pool(imgs, filt, bias))
-        return
-    _launch(imgs, filt, bias, out)
-
-
-@_intensity_pool_out_op.register_fake
-def _(imgs, filt, bias, out):
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # public function
 # ---------------------------------------------------------------------------------------------
-def _validate(imgs: torch.Tensor, filt: torch.Tensor, bias, out) -> None:
-    if not isinstance(imgs, torch.Tensor):
-        _fail("imgs as a torch.Tensor", type(imgs).__name__, "pass a [B,C,H,W] tensor", TypeError)
-    if not isinstance(filt, torch.Tensor):
-        _fail("filter as a torch.Tensor", type(filt).__name__, "pass a [C,16,16] tensor", TypeError)
-    if imgs.dim() != 4:
-        _fail(
-            "imgs of shape [B,C,H,W]",
-            f"shape {tuple(imgs.shape)}",
-            "pass a batch of images, e.g. imgs.unsqueeze(0) for a single image",
-        )
-    if imgs.dtype not in _FLOAT_DTYPES:
-        _fail("imgs of dtype float32, bfloat16 or float16", str(imgs.dtype), "convert with imgs.float()")
-    B, C, H, W = imgs.shape
-    if H % PATCH or W % PATCH:
-        _fail("H and W multiples of 16", f"{H}x{W}", "resize or crop the images to a multiple of 16")
-    if tuple(filt.shape) != (C, PATCH, PATCH):
-        _fail(
-            f"a filter of shape [{C},16,16]",
-            f"shape {tuple(filt.shape)}",
-            "the filter needs one 16x16 plane per image channel",
-        )
+def _validate(imgs: torch.Tensor, filt: torch.Tensor, bias) -> None:
+    reference.check_intensity_pool_inputs(_OP, imgs, filt)
     if not filt.is_floating_point():
-        _fail("a floating-point filter", str(filt.dtype), "convert with filter.float()")
+        fail(_OP, "a floating-point filter", str(filt.dtype), "convert with filter.float()")
     if filt.device != imgs.device:
-        _fail(
-            f"the filter on the images' device {imgs.device}", str(filt.device), "move it with filter.to(imgs.device)"
+        fail(
+            _OP,
+            f"the filter on the images' device {imgs.device}",
+            str(filt.device),
+            "move it with filter.to(imgs.device)",
         )
     if isinstance(bias, torch.Tensor):
         if bias.numel() != 1 or not bias.is_floating_point():
-            _fail(
+            fail(
+                _OP,
                 "a float bias or a one-element float tensor",
                 f"{bias.dtype} tensor of shape {tuple(bias.shape)}",
                 "average a conv bias first, e.g. conv.bias.mean()",
             )
         if bias.device != imgs.device:
-            _fail(
-                f"the bias on the images' device {imgs.device}", str(bias.device), "move it with bias.to(imgs.device)"
+            fail(
+                _OP,
+                f"the bias on the images' device {imgs.device}",
+                str(bias.device),
+                "move it with bias.to(imgs.device)",
             )
     elif not isinstance(bias, (int, float)) or isinstance(bias, bool):
-        _fail("a float bias or a one-element float tensor", type(bias).__name__, "pass e.g. 0.0", TypeError)
-    if out is not None:
-        L = (H // PATCH) * (W // PATCH)
-        if not isinstance(out, torch.Tensor):
-            _fail("out as a torch.Tensor", type(out).__name__, f"pass a float32 tensor of shape [{B},{L}]", TypeError)
-        if tuple(out.shape) != (B, L) or out.dtype != torch.float32 or out.device != imgs.device:
-            _fail(
-                f"out of shape [{B},{L}], float32, on {imgs.device}",
-                f"shape {tuple(out.shape)}, {out.dtype}, on {out.device}",
-                "allocate it with torch.empty(B, L, dtype=torch.float32, device=imgs.device)",
-            )
+        fail(_OP, "a float bias or a one-element float tensor", type(bias).__name__, "pass e.g. 0.0", TypeError)
+
+
+def _prepare(
+    imgs_BCHW: torch.Tensor, filter_C1616: torch.Tensor, bias: float | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validated, detached inputs (no gradient: the score only feeds a sort), the bias as a 0-d tensor."""
+    _validate(imgs_BCHW, filter_C1616, bias)
+    imgs = imgs_BCHW.detach()
+    if isinstance(bias, torch.Tensor):
+        bias_t = bias.detach().reshape(())
+    else:
+        bias_t = torch.full((), float(bias), dtype=torch.float32, device=imgs.device)
+    return imgs, filter_C1616.detach(), bias_t
 
 
 def intensity_pool(
-    imgs_BCHW: torch.Tensor,
-    filter_C1616: torch.Tensor,
-    bias: float | torch.Tensor = 0.0,
-    *,
-    out: torch.Tensor | None = None,
+    imgs_BCHW: torch.Tensor, filter_C1616: torch.Tensor, bias: float | torch.Tensor = 0.0
 ) -> torch.Tensor:
     """Score every 16x16 patch with one linear filter: ``scores[b, l] = <F, imgs[b, :, patch l]> + bias``.
 
     imgs_BCHW: [B,C,H,W] float32/bfloat16/float16, any strides; H and W multiples of 16.
     filter_C1616: [C,16,16], any float dtype (used in fp32). bias: a float or a one-element tensor.
-    out: optional [B,L] float32 tensor (any strides) to write into; it is returned.
     Returns scores [B,L] float32 in raster order, accumulated in fp32; never requires grad.
     Raises ValueError (TypeError for a non-tensor) on a bad input, with the expected value and a fix.
     """
-    _validate(imgs_BCHW, filter_C1616, bias, out)
-    imgs = imgs_BCHW.detach()  # no gradient: the score only feeds a sort
-    filt = filter_C1616.detach()
-    if isinstance(bias, torch.Tensor):
-        bias_t = bias.detach().reshape(())
-    else:
-        bias_t = torch.full((), float(bias), dtype=torch.float32, device=imgs.device)
-    if out is None:
-        return torch.ops.infmae.intensity_pool(imgs, filt, bias_t)
-    torch.ops.infmae.intensity_pool_out(imgs, filt, bias_t, out)
-    return out
+    return torch.ops.infmae.intensity_pool(*_prepare(imgs_BCHW, filter_C1616, bias))

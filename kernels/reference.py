@@ -4,13 +4,14 @@ Shape legend: B batch, C channels, H x W image (multiples of 16), h x w = H/16 x
 L = h*w patches in raster order (row-major), S the mask stride, K = ceil(L / S) visible patches,
 D a token width.
 
-Conventions (facebookresearch/mae's masking contract, shared/README.md sections 2.1 and 3):
+Conventions (facebookresearch/mae's masking contract; docs/specification.md, 'Information-aware masking' and 'Kernels'):
 - ``ids_keep`` [B,K] int64: raster indices of the visible patches in *rank* order (rank 0 first),
 - ``ids_restore`` [B,L] int64: the inverse of the sort permutation (``ids_restore[ids_shuffle] = arange``),
 - ``mask`` [B,L] float32 in raster order: 1 = masked (removed), 0 = visible,
 - visibility maps [B,1,4h,4w] and [B,1,2h,2w]: ``1 - mask`` upsampled by nearest repetition.
 
-This module depends on torch only (never on ``infmae``), so kernels and their twins can be tested alone.
+This module depends on torch only (never on ``infmae``), so kernels and their twins can be tested alone;
+its input checks and errors are the kernels' own (kernels/_common.py).
 """
 
 from __future__ import annotations
@@ -20,14 +21,10 @@ from typing import NamedTuple
 
 import torch
 
+from kernels._common import FLOAT_DTYPES, check, check_float, check_tensor
+
 PATCH = 16
 ORDERS = ("descending", "ascending")
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _check(cond: bool, op: str, expected: str, got: str, hint: str) -> None:
-    if not cond:
-        raise ValueError(f"{op}: expected {expected}, got {got}; {hint}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -36,6 +33,36 @@ def _check(cond: bool, op: str, expected: str, got: str, hint: str) -> None:
 def intensity_filter(channels: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """The paper's score filter: every weight 1/(C*256), so the score is the patch's mean intensity."""
     return torch.full((channels, PATCH, PATCH), 1.0 / (channels * PATCH * PATCH), dtype=dtype, device=device)
+
+
+def check_intensity_pool_inputs(op: str, imgs_BCHW: torch.Tensor, filter_C1616: torch.Tensor) -> None:
+    """The input contract of ``intensity_pool`` shared by the twin and the Triton op (which also checks the
+    filter's dtype, the devices and the bias)."""
+    check_tensor(op, "imgs", imgs_BCHW, "pass a [B,C,H,W] tensor")
+    check_tensor(op, "filter", filter_C1616, "pass a [C,16,16] tensor")
+    check(
+        imgs_BCHW.dim() == 4,
+        op,
+        "imgs of shape [B,C,H,W]",
+        f"shape {tuple(imgs_BCHW.shape)}",
+        "pass a batch of images, e.g. imgs.unsqueeze(0) for a single image",
+    )
+    check_float(op, "imgs", imgs_BCHW)
+    _, C, H, W = imgs_BCHW.shape
+    check(
+        H % PATCH == 0 and W % PATCH == 0,
+        op,
+        "H and W multiples of 16",
+        f"{H}x{W}",
+        "resize or crop the images to a multiple of 16",
+    )
+    check(
+        tuple(filter_C1616.shape) == (C, PATCH, PATCH),
+        op,
+        f"a filter of shape [{C},16,16]",
+        f"shape {tuple(filter_C1616.shape)}",
+        "the filter needs one 16x16 plane per image channel",
+    )
 
 
 def intensity_pool(
@@ -47,36 +74,8 @@ def intensity_pool(
     filter_C1616: [C,16,16] (any float dtype; used in fp32). bias: a float or a 0-d tensor.
     Returns scores [B,L] float32, patches in raster order. Accumulation is in fp32.
     """
-    op = "intensity_pool"
-    _check(
-        imgs_BCHW.dim() == 4,
-        op,
-        "imgs of shape [B,C,H,W]",
-        f"shape {tuple(imgs_BCHW.shape)}",
-        "pass a batch of images, e.g. imgs.unsqueeze(0) for a single image",
-    )
-    _check(
-        imgs_BCHW.dtype in _FLOAT_DTYPES,
-        op,
-        "imgs of dtype float32, bfloat16 or float16",
-        str(imgs_BCHW.dtype),
-        "convert with imgs.float()",
-    )
+    check_intensity_pool_inputs("intensity_pool", imgs_BCHW, filter_C1616)
     B, C, H, W = imgs_BCHW.shape
-    _check(
-        H % PATCH == 0 and W % PATCH == 0,
-        op,
-        "H and W multiples of 16",
-        f"{H}x{W}",
-        "resize or crop the images to a multiple of 16",
-    )
-    _check(
-        tuple(filter_C1616.shape) == (C, PATCH, PATCH),
-        op,
-        f"a filter of shape [{C},16,16]",
-        f"shape {tuple(filter_C1616.shape)}",
-        "the filter needs one 16x16 plane per image channel",
-    )
     h, w = H // PATCH, W // PATCH
     patches = imgs_BCHW.float().reshape(B, C, h, PATCH, w, PATCH)
     scores = torch.einsum("bchpwq,cpq->bhw", patches, filter_C1616.float())
@@ -109,21 +108,21 @@ def sort_stride_mask(
     grid_hw: (h, w) with h*w == L; when given, the x4 and x2 visibility maps are returned too.
     """
     op = "sort_stride_mask"
-    _check(
+    check(
         scores_BL.dim() == 2,
         op,
         "scores of shape [B,L]",
         f"shape {tuple(scores_BL.shape)}",
         "score the patches first (intensity_pool) and pass its [B,L] output",
     )
-    _check(
+    check(
         isinstance(stride, int) and stride >= 1,
         op,
         "an integer stride >= 1",
         repr(stride),
         "the default stride is 4 (25 % visible)",
     )
-    _check(
+    check(
         order in ORDERS,
         op,
         f"order in {ORDERS}",
@@ -132,7 +131,7 @@ def sort_stride_mask(
     )
     B, L = scores_BL.shape
     if grid_hw is not None:
-        _check(
+        check(
             grid_hw[0] * grid_hw[1] == L, op, f"grid_hw with h*w == L == {L}", repr(grid_hw), "pass (H // 16, W // 16)"
         )
     ids_shuffle = torch.sort(scores_BL, dim=1, descending=(order == "descending"), stable=True).indices
@@ -160,21 +159,21 @@ def visibility_maps(mask_BL: torch.Tensor, grid_hw: tuple[int, int]) -> tuple[to
 # 3. token gather, 4. token restore
 # ---------------------------------------------------------------------------------------------
 def _check_ids(op: str, tokens: torch.Tensor, ids_BK: torch.Tensor) -> None:
-    _check(
+    check(
         tokens.dim() == 3,
         op,
         "tokens of shape [B,L,D]",
         f"shape {tuple(tokens.shape)}",
         "flatten the spatial grid first: x.flatten(2).transpose(1, 2)",
     )
-    _check(
+    check(
         ids_BK.dim() == 2 and ids_BK.shape[0] == tokens.shape[0],
         op,
         f"ids of shape [{tokens.shape[0]},K]",
         f"shape {tuple(ids_BK.shape)}",
         "pass ids_keep from sort_stride_mask for the same batch",
     )
-    _check(ids_BK.dtype == torch.int64, op, "int64 ids", str(ids_BK.dtype), "use ids.long()")
+    check(ids_BK.dtype == torch.int64, op, "int64 ids", str(ids_BK.dtype), "use ids.long()")
 
 
 def token_gather(tokens_BLD: torch.Tensor, ids_keep_BK: torch.Tensor) -> torch.Tensor:
@@ -201,21 +200,21 @@ def token_restore(
     op = "token_restore"
     _check_ids(op, visible_BKD, ids_keep_BK)
     B, K, D = visible_BKD.shape
-    _check(
+    check(
         mask_token_D.numel() == D,
         op,
         f"a mask token with {D} elements",
         f"shape {tuple(mask_token_D.shape)}",
         "the mask token must have the decoder width",
     )
-    _check(num_patches >= K, op, f"num_patches >= K = {K}", str(num_patches), "pass L = h*w of the patch grid")
+    check(num_patches >= K, op, f"num_patches >= K = {K}", str(num_patches), "pass L = h*w of the patch grid")
     filled = mask_token_D.reshape(1, 1, D).to(visible_BKD.dtype).expand(B, num_patches, D)
     index = ids_keep_BK.unsqueeze(-1).expand(-1, -1, D)
     return filled.scatter(1, index, visible_BKD)
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. depthwise 5x5 conv over visible tiles (the sparse encoder's token mixer, issue 6)
+# 5. depthwise 5x5 conv over visible tiles (the sparse encoder's token mixer; docs/specification.md, 'Sparse encoder')
 # ---------------------------------------------------------------------------------------------
 NEIGHBOUR_OFFSETS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 """Slot s of a neighbour table is the patch at (row + dy, column + dx): row-major, slot 4 is the tile itself."""
@@ -228,7 +227,7 @@ def tile_neighbours(ids_keep_BK: torch.Tensor, grid_hw: tuple[int, int]) -> torc
     patch ``ids_keep[b, k]`` on the h x w grid, or -1 where that patch is masked or outside the image.
     """
     op = "tile_neighbours"
-    _check(
+    check(
         ids_keep_BK.dim() == 2 and ids_keep_BK.dtype == torch.int64,
         op,
         "ids_keep [B,K] int64",
@@ -252,13 +251,13 @@ def check_depthwise_tiles_inputs(
     neighbours_BK9: torch.Tensor,
     weight_C155: torch.Tensor,
     bias_C: torch.Tensor | None,
-    dtypes: tuple = _FLOAT_DTYPES + (torch.float64,),
+    dtypes: tuple = FLOAT_DTYPES + (torch.float64,),
 ) -> None:
     """The input contract of ``depthwise_conv5x5_tiles`` (shared by the twin and the Triton op). The twin
     also takes float64 (exactness tests of the sparse encoder); the Triton op passes ``dtypes`` without it."""
     for name, t in (("tiles", tiles_BKTTC), ("neighbours", neighbours_BK9), ("weight", weight_C155)):
-        _check(isinstance(t, torch.Tensor), op, f"{name} as a torch.Tensor", type(t).__name__, "pass tensors")
-    _check(
+        check(isinstance(t, torch.Tensor), op, f"{name} as a torch.Tensor", type(t).__name__, "pass tensors")
+    check(
         tiles_BKTTC.dim() == 5 and tiles_BKTTC.shape[2] == tiles_BKTTC.shape[3],
         op,
         "tiles of shape [B,K,T,T,C]",
@@ -266,46 +265,37 @@ def check_depthwise_tiles_inputs(
         "lay the visible tiles out channels-last: [batch, tile, row, column, channel]",
     )
     B, K, T, _, C = tiles_BKTTC.shape
-    _check(T >= 2, op, "tiles of at least 2x2 pixels", f"{T}x{T}", "the 2-pixel halo must come from the 8 neighbours")
-    names = ", ".join(str(d)[6:] for d in dtypes)
-    _check(
-        tiles_BKTTC.dtype in dtypes, op, f"tiles of dtype {names}", str(tiles_BKTTC.dtype), "convert with tiles.float()"
-    )
-    _check(
+    check(T >= 2, op, "tiles of at least 2x2 pixels", f"{T}x{T}", "the 2-pixel halo must come from the 8 neighbours")
+    check_float(op, "tiles", tiles_BKTTC, dtypes)
+    check(
         tuple(neighbours_BK9.shape) == (B, K, 9),
         op,
         f"neighbours of shape [{B},{K},9]",
         f"shape {tuple(neighbours_BK9.shape)}",
         "build the table with tile_neighbours(ids_keep, grid_hw)",
     )
-    _check(
+    check(
         neighbours_BK9.dtype == torch.int64, op, "int64 neighbours", str(neighbours_BK9.dtype), "use neighbours.long()"
     )
-    _check(
+    check(
         tuple(weight_C155.shape) in ((C, 1, 5, 5), (C, 5, 5)),
         op,
         f"weight of shape [{C},1,5,5]",
         f"shape {tuple(weight_C155.shape)}",
         "pass the depthwise conv's weight (groups = channels)",
     )
-    _check(
-        weight_C155.dtype in dtypes,
-        op,
-        f"weight of dtype {names}",
-        str(weight_C155.dtype),
-        "convert with weight.float()",
-    )
+    check_float(op, "weight", weight_C155, dtypes)
     if bias_C is not None:
-        _check(
+        check(
             isinstance(bias_C, torch.Tensor) and tuple(bias_C.shape) == (C,),
             op,
             f"bias of shape [{C}]",
             f"{tuple(bias_C.shape) if isinstance(bias_C, torch.Tensor) else type(bias_C).__name__}",
             "pass the conv's bias or None",
         )
-        _check(bias_C.dtype in dtypes, op, f"bias of dtype {names}", str(bias_C.dtype), "convert with bias.float()")
+        check_float(op, "bias", bias_C, dtypes)
     devices = {t.device for t in (tiles_BKTTC, neighbours_BK9, weight_C155, bias_C) if t is not None}
-    _check(len(devices) == 1, op, "all inputs on one device", str(sorted(map(str, devices))), "move them with .to()")
+    check(len(devices) == 1, op, "all inputs on one device", str(sorted(map(str, devices))), "move them with .to()")
 
 
 def depthwise_conv5x5_tiles(

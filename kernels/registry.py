@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kernels import reference
+from kernels._common import fail
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,15 @@ REGISTRY: dict[str, KernelPair] = {}
 
 
 def register(name: str, fast: Callable, twin: Callable | None, has_backward: bool) -> KernelPair:
+    op = "kernels.registry"
     if twin is None or getattr(reference, getattr(twin, "__name__", ""), None) is not twin:
-        raise ValueError(
-            f"kernels.registry: expected an eager twin from kernels/reference.py for {name!r}, "
-            f"got {twin!r}; write the twin first, it is the kernel's specification"
+        fail(
+            op,
+            f"an eager twin from kernels/reference.py for {name!r}",
+            repr(twin),
+            "write the twin first, it is the kernel's specification",
         )
     if name in REGISTRY:
-        raise ValueError(f"kernels.registry: expected a new op name, got {name!r} twice; pick another name")
+        fail(op, "a new op name", f"{name!r} twice", "pick another name")
     REGISTRY[name] = KernelPair(name, fast, twin, has_backward)
     return REGISTRY[name]

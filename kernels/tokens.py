@@ -17,10 +17,12 @@ Public ops (same signatures, outputs and gradients as their eager twins in ``ker
   sum of the output gradient over the masked positions, accumulated in fp32 in a fixed order and cast to
   the mask token's dtype (the twin lets autograd sum in the gradient's dtype: equal within rounding).
 
-Layering (Liger-Kernel style): private ``@triton.jit`` kernels; launchers (``token_gather_forward``,
-``token_gather_backward``, ``token_restore_forward``, ``token_restore_backward``) that validate their
-inputs, accept ``out=`` (and ``check_ids=``) and launch one kernel (two for the restore backward: a fixed-order
-two-stage reduction); ``torch.library`` custom ops (``infmae::token_gather_fwd`` / ``_bwd``,
+Layering (Liger-Kernel style): private ``@triton.jit`` kernels; private launchers
+(``_token_gather_forward``, ``_token_gather_backward``, ``_token_restore_forward``,
+``_token_restore_backward``) that validate their inputs, check the ids (the ``HOST_SYNC_GUARDS.check_ids``
+guard, or ``check_ids=``), allocate their outputs (or write into ``out=``: the poisoned-output tests, through
+``kernels.testing``) and launch one kernel (two for the restore backward: a fixed-order two-stage
+reduction); ``torch.library`` custom ops (``infmae::token_gather_fwd`` / ``_bwd``,
 ``infmae::token_restore_fwd`` / ``_bwd``) around the launchers, with fake implementations, so that
 ``torch.compile(fullgraph=True)`` sees them as single graph nodes; a ``torch.autograd.Function`` per op
 whose forward and backward call those custom ops.
@@ -40,8 +42,8 @@ Design notes:
   D blocks). Large tiles also keep the interpreter (which costs per program and per op) fast.
 - Under the Triton interpreter (CPU tests) bf16 arithmetic and fp32->bf16 conversion are wrong, so the
   kernels never compute in bf16: copies move the loaded values unchanged, sums run in fp32, and the
-  one conversion to bf16 (mask token fill, mask-token gradient) rounds to nearest-even by integer ops,
-  exact on both the interpreter and the GPU.
+  one conversion to bf16 (mask token fill, mask-token gradient) rounds to nearest-even by integer ops
+  (``to_dtype_rtne``, kernels/_launch.py), exact on both the interpreter and the GPU.
 - Written for torch 2.11-2.13 and Triton 3.6-3.7: no block pointers, no tensor descriptors.
 """
 
@@ -54,41 +56,30 @@ import triton
 import triton.language as tl
 
 from kernels import reference
-from kernels._launch import use_triton
+from kernels._common import (
+    FLOAT_DTYPES,
+    HOST_SYNC_GUARDS,
+    KernelDtypeError,
+    check_float,
+    check_tensor,
+    dtype_names,
+    fail,
+    out_list,
+    out_or_new,
+)
+from kernels._launch import to_dtype_rtne, use_triton
 
-__all__ = [
-    "CHECK_IDS",
-    "token_gather",
-    "token_gather_many",
-    "token_restore",
-    "token_gather_forward",
-    "token_gather_backward",
-    "token_restore_forward",
-    "token_restore_backward",
-]
-
-CHECK_IDS = True
-"""Debugging guard: check that every ``ids_keep`` row holds distinct values in [0, L) before each launch.
-
-The check reads the ids on the host (one device sync per launch), so the trainer may set
-``kernels.tokens.CHECK_IDS = False`` once its masks are known to be good. Without it, an id outside
-[0, L) makes the gather read out of bounds, and a repeated id makes the backward keep one of the repeated
-rows' gradients instead of their sum."""
+__all__ = ["token_gather", "token_gather_many", "token_restore"]
 
 MAX_TENSORS_PER_LAUNCH = 3
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _BLOCK_K = 64  # ids compared per step when the position-major kernels look up their positions
 _TARGET_PARTIALS = 1024  # restore backward: about this many fp32 partial rows for the second stage
 _BLOCK_PARTIALS = 64  # partial rows summed per step by the second stage
 
 
-class KernelDtypeError(TypeError, ValueError):
-    """A wrong dtype: a ``TypeError``, and a ``ValueError`` too, as the twins raise for the same input."""
-
-
 def _use_triton(t: torch.Tensor) -> bool:
     """The shared launch rule (kernels/_launch.py)."""
-    return use_triton(t, _to_dtype_rtne)
+    return use_triton(t, _gather_rows_kernel)
 
 
 def _config(D: int) -> tuple[int, int, int]:
@@ -102,18 +93,6 @@ def _config(D: int) -> tuple[int, int, int]:
 # ---------------------------------------------------------------------------------------------
 # Triton kernels
 # ---------------------------------------------------------------------------------------------
-@triton.jit
-def _to_dtype_rtne(x_fp32, dtype: tl.constexpr):
-    """fp32 -> ``dtype`` rounding to nearest-even. bf16 by integer ops (the interpreter truncates)."""
-    if dtype == tl.bfloat16:
-        bits = x_fp32.to(tl.uint32, bitcast=True)
-        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-        rounded = tl.where(x_fp32 != x_fp32, (bits >> 16) | 0x40, rounded)  # NaN stays a quiet NaN
-        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    else:
-        return x_fp32.to(dtype)
-
-
 @triton.jit
 def _lookup_positions(ids_row_ptr, ids_stride_k, positions, K, BLOCK_ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
     """For each position l of the block: the k with ids[k] == l, or -1 when l is masked ([BLOCK_ROWS] int64)."""
@@ -269,7 +248,7 @@ def _place_rows(
     values = tl.load(src[:, None] + cols[None, :] * src_stride_d, mask=tile_mask & kept[:, None], other=0.0)
     if HAS_FILL:
         fill = tl.load(fill_ptr + cols * fill_stride, mask=col_ok, other=0.0).to(tl.float32)
-        fill = _to_dtype_rtne(fill, dst_ptr.dtype.element_ty)
+        fill = to_dtype_rtne(fill, dst_ptr.dtype.element_ty)
         values = tl.where(kept[:, None], values, fill[None, :])
     dst = dst_ptr + batch * dst_stride_b + positions.to(tl.int64) * dst_stride_l
     tl.store(dst[:, None] + cols[None, :] * dst_stride_d, values, mask=tile_mask)
@@ -448,47 +427,31 @@ def _sum_partials_kernel(partial_ptr, out_ptr, out_stride, P, D, BLOCK_P: tl.con
         tile_mask = (rows < P)[:, None] & col_ok[None, :]
         acc += tl.load(partial_ptr + rows[:, None] * D + cols[None, :], mask=tile_mask, other=0.0)
     total = tl.sum(acc, axis=0)
-    tl.store(out_ptr + cols * out_stride, _to_dtype_rtne(total, out_ptr.dtype.element_ty), mask=col_ok)
+    tl.store(out_ptr + cols * out_stride, to_dtype_rtne(total, out_ptr.dtype.element_ty), mask=col_ok)
 
 
 # ---------------------------------------------------------------------------------------------
-# Input validation: "<op>: expected <what>, got <actual>; <hint>"
+# Input validation (kernels/_common.py: "<op>: expected <what>, got <actual>; <hint>")
 # ---------------------------------------------------------------------------------------------
-def _fail(op: str, expected: str, got: str, hint: str, error: type = ValueError):
-    raise error(f"{op}: expected {expected}, got {got}; {hint}")
-
-
 def _check_tensor(op: str, name: str, t, rank: int, shape_text: str, hint: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        _fail(op, f"{name} as a torch.Tensor", type(t).__name__, "pass a tensor", TypeError)
+    check_tensor(op, name, t, "pass a tensor")
     if t.dim() != rank:
-        _fail(op, f"{name} of shape {shape_text}", f"shape {tuple(t.shape)}", hint)
-
-
-def _check_float(op: str, name: str, t: torch.Tensor) -> None:
-    if t.dtype not in _FLOAT_DTYPES:
-        _fail(
-            op,
-            f"{name} of dtype float32, bfloat16 or float16",
-            str(t.dtype),
-            f"convert with {name}.float()",
-            KernelDtypeError,
-        )
+        fail(op, f"{name} of shape {shape_text}", f"shape {tuple(t.shape)}", hint)
 
 
 def _check_ids(op: str, ids_keep_BK, batch: int, device: torch.device) -> None:
     _check_tensor(op, "ids_keep", ids_keep_BK, 2, f"[{batch},K]", "pass ids_keep [B,K] from sort_stride_mask")
     if ids_keep_BK.dtype != torch.int64:
-        _fail(op, "ids_keep of dtype int64", str(ids_keep_BK.dtype), "use ids_keep.long()", KernelDtypeError)
+        fail(op, "ids_keep of dtype int64", str(ids_keep_BK.dtype), "use ids_keep.long()", KernelDtypeError)
     if ids_keep_BK.shape[0] != batch:
-        _fail(
+        fail(
             op,
             f"ids_keep of shape [{batch},K] (one row per batch element)",
             f"shape {tuple(ids_keep_BK.shape)}",
             "pass ids_keep from sort_stride_mask for the same batch",
         )
     if ids_keep_BK.device != device:
-        _fail(
+        fail(
             op,
             f"ids_keep on the tokens' device {device}",
             f"device {ids_keep_BK.device}",
@@ -497,27 +460,27 @@ def _check_ids(op: str, ids_keep_BK, batch: int, device: torch.device) -> None:
 
 
 def _check_ids_values(op: str, ids_keep_BK: torch.Tensor, num_patches: int, check_ids: bool | None) -> None:
-    """The CHECK_IDS guard: distinct values in [0, L) per row. Syncs with the host (one .item()).
+    """The ``check_ids`` guard: distinct values in [0, L) per row. Syncs with the host (one .item()).
 
-    ``check_ids``: None follows ``CHECK_IDS``; the backward ops pass False, since the forward checked the
-    same ids (autograd's version counter rejects a saved ``ids_keep`` modified in place in between)."""
-    if not (CHECK_IDS if check_ids is None else check_ids) or ids_keep_BK.numel() == 0:
+    ``check_ids``: None follows ``HOST_SYNC_GUARDS.check_ids``; the backward ops pass False, since the forward
+    checked the same ids (autograd's version counter rejects a saved ``ids_keep`` modified in place in between)."""
+    if not (HOST_SYNC_GUARDS.check_ids if check_ids is None else check_ids) or ids_keep_BK.numel() == 0:
         return
     ordered = torch.sort(ids_keep_BK, dim=1).values
     bad = (ordered[:, 0] < 0) | (ordered[:, -1] >= num_patches) | (ordered[:, 1:] == ordered[:, :-1]).any(dim=1)
-    if bool(bad.any()):  # host sync: the debugging guard's cost (kernels.tokens.CHECK_IDS = False skips it)
+    if bool(bad.any()):  # host sync: the debugging guard's cost (kernels.disable_host_sync_guards() skips it)
         row = int(bad.nonzero()[0, 0])
         values = ordered[row]
         low, high = int(values[0]), int(values[-1])
         if low < 0 or high >= num_patches:
-            _fail(
+            fail(
                 op,
                 f"ids_keep values in [0, {num_patches})",
                 f"values in [{low}, {high}] (row {row})",
                 "ids_keep must index the L patches of the grid; check num_patches and the mask",
             )
         repeated = int(values[1:][values[1:] == values[:-1]][0])
-        _fail(
+        fail(
             op,
             "distinct ids_keep values in each row",
             f"{repeated} twice in row {row}",
@@ -530,9 +493,9 @@ def _validate_gather(op: str, tensors_BLD: Sequence[torch.Tensor], ids_keep_BK) 
     first = tensors_BLD[0]
     for t in tensors_BLD:
         _check_tensor(op, "tokens", t, 3, "[B,L,D]", "flatten the spatial grid first: x.flatten(2).transpose(1, 2)")
-        _check_float(op, "tokens", t)
+        check_float(op, "tokens", t)
         if t.device != first.device:
-            _fail(
+            fail(
                 op,
                 f"every tensor on one device ({first.device})",
                 f"device {t.device}",
@@ -541,14 +504,14 @@ def _validate_gather(op: str, tensors_BLD: Sequence[torch.Tensor], ids_keep_BK) 
     _check_ids(op, ids_keep_BK, first.shape[0], first.device)
     for t in tensors_BLD:
         if t.shape[0] != first.shape[0]:
-            _fail(
+            fail(
                 op,
                 f"every tensor with batch size {first.shape[0]}",
                 f"shape {tuple(t.shape)}",
                 "gather tensors of the same batch",
             )
         if t.shape[1] < ids_keep_BK.shape[1]:
-            _fail(
+            fail(
                 op,
                 f"at least K = {ids_keep_BK.shape[1]} tokens per row",
                 f"L = {t.shape[1]}",
@@ -558,22 +521,19 @@ def _validate_gather(op: str, tensors_BLD: Sequence[torch.Tensor], ids_keep_BK) 
 
 def _validate_restore(op: str, visible_BKD, mask_token_D, ids_keep_BK, num_patches) -> None:
     _check_tensor(op, "visible", visible_BKD, 3, "[B,K,D]", "pass the visible tokens [B,K,D]")
-    _check_float(op, "visible", visible_BKD)
-    if not isinstance(mask_token_D, torch.Tensor):
-        _fail(
-            op, "mask_token as a torch.Tensor", type(mask_token_D).__name__, "pass the mask token parameter", TypeError
-        )
-    _check_float(op, "mask_token", mask_token_D)
+    check_float(op, "visible", visible_BKD)
+    check_tensor(op, "mask_token", mask_token_D, "pass the mask token parameter")
+    check_float(op, "mask_token", mask_token_D)
     B, K, D = visible_BKD.shape
     if mask_token_D.numel() != D:
-        _fail(
+        fail(
             op,
             f"a mask token with D = {D} elements",
             f"shape {tuple(mask_token_D.shape)}",
             "the mask token must have the decoder width, e.g. shape [1,1,D]",
         )
     if mask_token_D.device != visible_BKD.device:
-        _fail(
+        fail(
             op,
             f"mask_token on the visible tokens' device {visible_BKD.device}",
             f"device {mask_token_D.device}",
@@ -581,43 +541,16 @@ def _validate_restore(op: str, visible_BKD, mask_token_D, ids_keep_BK, num_patch
         )
     _check_ids(op, ids_keep_BK, B, visible_BKD.device)
     if ids_keep_BK.shape[1] != K:
-        _fail(
+        fail(
             op,
             f"ids_keep of shape [{B},{K}] (one id per visible token)",
             f"shape {tuple(ids_keep_BK.shape)}",
             "pass the ids_keep that gathered these visible tokens",
         )
     if isinstance(num_patches, bool) or not isinstance(num_patches, int):
-        _fail(op, "num_patches as an int", type(num_patches).__name__, "pass L = h*w of the patch grid", TypeError)
+        fail(op, "num_patches as an int", type(num_patches).__name__, "pass L = h*w of the patch grid", TypeError)
     if num_patches < K:
-        _fail(op, f"num_patches >= K = {K}", str(num_patches), "pass L = h*w of the patch grid")
-
-
-def _check_out(op: str, name: str, out, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    if out is None:
-        return torch.empty(shape, dtype=dtype, device=device)
-    if (
-        not isinstance(out, torch.Tensor)
-        or tuple(out.shape) != tuple(shape)
-        or out.dtype != dtype
-        or out.device != device
-    ):
-        got = f"{tuple(out.shape)} {out.dtype} on {out.device}" if isinstance(out, torch.Tensor) else type(out).__name__
-        _fail(
-            op,
-            f"{name} of shape {tuple(shape)}, dtype {dtype}, on {device}",
-            got,
-            "pass out=None to allocate it, or a tensor of exactly that shape, dtype and device",
-        )
-    return out
-
-
-def _check_out_list(op: str, out, count: int):
-    if out is None:
-        return [None] * count
-    if not isinstance(out, (list, tuple)) or len(out) != count:
-        _fail(op, f"out as a sequence of {count} tensors", repr(type(out).__name__), "pass one output per input")
-    return list(out)
+        fail(op, f"num_patches >= K = {K}", str(num_patches), "pass L = h*w of the patch grid")
 
 
 def _stride_args(tensors: list[torch.Tensor]) -> list:
@@ -632,7 +565,7 @@ def _stride_args(tensors: list[torch.Tensor]) -> list:
 # ---------------------------------------------------------------------------------------------
 # Launchers (validate, allocate or check out=, launch once)
 # ---------------------------------------------------------------------------------------------
-def token_gather_forward(
+def _token_gather_forward(
     tensors_BLD: Sequence[torch.Tensor],
     ids_keep_BK: torch.Tensor,
     out: Sequence[torch.Tensor] | None = None,
@@ -645,7 +578,7 @@ def token_gather_forward(
     op = "token_gather"
     tensors = list(tensors_BLD)
     if not 1 <= len(tensors) <= MAX_TENSORS_PER_LAUNCH:
-        _fail(
+        fail(
             op,
             f"1 to {MAX_TENSORS_PER_LAUNCH} tensors per launch",
             str(len(tensors)),
@@ -654,7 +587,7 @@ def token_gather_forward(
     _validate_gather(op, tensors, ids_keep_BK)
     first = tensors[0]
     if any(t.shape != first.shape or t.dtype != first.dtype for t in tensors):
-        _fail(
+        fail(
             op,
             "tensors of one shape and dtype in one launch",
             str([(tuple(t.shape), t.dtype) for t in tensors]),
@@ -662,9 +595,7 @@ def token_gather_forward(
         )
     B, L, D = first.shape
     K = ids_keep_BK.shape[1]
-    outs = [
-        _check_out(op, "out", o, (B, K, D), first.dtype, first.device) for o in _check_out_list(op, out, len(tensors))
-    ]
+    outs = [out_or_new(op, "out", o, (B, K, D), first.dtype, first.device) for o in out_list(op, out, len(tensors))]
     _check_ids_values(op, ids_keep_BK, L, check_ids)
     if not _use_triton(first):
         for o, t in zip(outs, tensors):
@@ -691,7 +622,7 @@ def token_gather_forward(
     return tuple(outs)
 
 
-def token_gather_backward(
+def _token_gather_backward(
     grads_BKD: Sequence[torch.Tensor],
     ids_keep_BK: torch.Tensor,
     num_patches: int,
@@ -703,22 +634,21 @@ def token_gather_backward(
     op = "token_gather_backward"
     grads = list(grads_BKD)
     if not 1 <= len(grads) <= MAX_TENSORS_PER_LAUNCH:
-        _fail(op, f"1 to {MAX_TENSORS_PER_LAUNCH} gradients per launch", str(len(grads)), "group them")
+        fail(op, f"1 to {MAX_TENSORS_PER_LAUNCH} gradients per launch", str(len(grads)), "group them")
     _validate_gather(op, grads, ids_keep_BK)
     first = grads[0]
     B, K, D = first.shape
     if any(g.shape != first.shape or g.dtype != first.dtype for g in grads) or K != ids_keep_BK.shape[1]:
-        _fail(
+        fail(
             op,
             f"gradients of one shape [B,{ids_keep_BK.shape[1]},D] and dtype",
             str([(tuple(g.shape), g.dtype) for g in grads]),
             "pass the gradients of one token_gather launch",
         )
     if num_patches < K:
-        _fail(op, f"num_patches >= K = {K}", str(num_patches), "pass L of the gathered tensors")
+        fail(op, f"num_patches >= K = {K}", str(num_patches), "pass L of the gathered tensors")
     outs = [
-        _check_out(op, "out", o, (B, num_patches, D), first.dtype, first.device)
-        for o in _check_out_list(op, out, len(grads))
+        out_or_new(op, "out", o, (B, num_patches, D), first.dtype, first.device) for o in out_list(op, out, len(grads))
     ]
     _check_ids_values(op, ids_keep_BK, num_patches, check_ids)
     if not _use_triton(first):
@@ -753,7 +683,7 @@ def token_gather_backward(
     return tuple(outs)
 
 
-def token_restore_forward(
+def _token_restore_forward(
     visible_BKD: torch.Tensor,
     mask_token_D: torch.Tensor,
     ids_keep_BK: torch.Tensor,
@@ -767,7 +697,7 @@ def token_restore_forward(
     op = "token_restore"
     _validate_restore(op, visible_BKD, mask_token_D, ids_keep_BK, num_patches)
     B, K, D = visible_BKD.shape
-    out = _check_out(op, "out", out, (B, num_patches, D), visible_BKD.dtype, visible_BKD.device)
+    out = out_or_new(op, "out", out, (B, num_patches, D), visible_BKD.dtype, visible_BKD.device)
     _check_ids_values(op, ids_keep_BK, num_patches, check_ids)
     if not _use_triton(visible_BKD):
         return out.copy_(reference.token_restore(visible_BKD, mask_token_D, ids_keep_BK, num_patches))
@@ -799,7 +729,7 @@ def token_restore_forward(
     return out
 
 
-def token_restore_backward(
+def _token_restore_backward(
     grad_BLD: torch.Tensor,
     ids_keep_BK: torch.Tensor,
     mask_dtype: torch.dtype,
@@ -815,17 +745,17 @@ def token_restore_backward(
     ``out``: optional (visible gradient, mask gradient) tensors."""
     op = "token_restore_backward"
     _check_tensor(op, "grad", grad_BLD, 3, "[B,L,D]", "pass the gradient of token_restore's output")
-    _check_float(op, "grad", grad_BLD)
-    if mask_dtype not in _FLOAT_DTYPES:
-        _fail(op, "mask_dtype float32, bfloat16 or float16", str(mask_dtype), "pass mask_token.dtype", KernelDtypeError)
+    check_float(op, "grad", grad_BLD)
+    if mask_dtype not in FLOAT_DTYPES:
+        fail(op, f"mask_dtype {dtype_names(FLOAT_DTYPES)}", str(mask_dtype), "pass mask_token.dtype", KernelDtypeError)
     _check_ids(op, ids_keep_BK, grad_BLD.shape[0], grad_BLD.device)
     B, L, D = grad_BLD.shape
     K = ids_keep_BK.shape[1]
     if L < K:
-        _fail(op, f"at least K = {K} positions", f"L = {L}", "pass the gradient of the restored [B,L,D] output")
-    out_visible, out_mask = _check_out_list(op, out, 2)
-    out_visible = _check_out(op, "out[0]", out_visible, (B, K, D), grad_BLD.dtype, grad_BLD.device)
-    out_mask = _check_out(op, "out[1]", out_mask, (D,), mask_dtype, grad_BLD.device)
+        fail(op, f"at least K = {K} positions", f"L = {L}", "pass the gradient of the restored [B,L,D] output")
+    out_visible, out_mask = out_list(op, out, 2)
+    out_visible = out_or_new(op, "out[0]", out_visible, (B, K, D), grad_BLD.dtype, grad_BLD.device)
+    out_mask = out_or_new(op, "out[1]", out_mask, (D,), mask_dtype, grad_BLD.device)
     _check_ids_values(op, ids_keep_BK, L, check_ids)
     if not _use_triton(grad_BLD):
         out_visible.copy_(reference.token_gather(grad_BLD, ids_keep_BK))
@@ -884,7 +814,7 @@ def token_restore_backward(
 # ---------------------------------------------------------------------------------------------
 @torch.library.custom_op("infmae::token_gather_fwd", mutates_args=())
 def _gather_fwd_op(tensors: list[torch.Tensor], ids_keep: torch.Tensor) -> list[torch.Tensor]:
-    return list(token_gather_forward(tensors, ids_keep))
+    return list(_token_gather_forward(tensors, ids_keep))
 
 
 @_gather_fwd_op.register_fake
@@ -894,7 +824,7 @@ def _(tensors, ids_keep):
 
 @torch.library.custom_op("infmae::token_gather_bwd", mutates_args=())
 def _gather_bwd_op(grads: list[torch.Tensor], ids_keep: torch.Tensor, num_patches: int) -> list[torch.Tensor]:
-    return list(token_gather_backward(grads, ids_keep, num_patches, check_ids=False))  # checked by the forward
+    return list(_token_gather_backward(grads, ids_keep, num_patches, check_ids=False))  # checked by the forward
 
 
 @_gather_bwd_op.register_fake
@@ -906,7 +836,7 @@ def _(grads, ids_keep, num_patches):
 def _restore_fwd_op(
     visible: torch.Tensor, mask_token: torch.Tensor, ids_keep: torch.Tensor, num_patches: int
 ) -> torch.Tensor:
-    return token_restore_forward(visible, mask_token, ids_keep, num_patches)
+    return _token_restore_forward(visible, mask_token, ids_keep, num_patches)
 
 
 @_restore_fwd_op.register_fake
@@ -918,7 +848,7 @@ def _(visible, mask_token, ids_keep, num_patches):
 def _restore_bwd_op(
     grad: torch.Tensor, ids_keep: torch.Tensor, mask_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return token_restore_backward(grad, ids_keep, mask_dtype, check_ids=False)  # checked by the forward
+    return _token_restore_backward(grad, ids_keep, mask_dtype, check_ids=False)  # checked by the forward
 
 
 @_restore_bwd_op.register_fake
@@ -984,7 +914,7 @@ def token_gather_many(tensors_BLD: Sequence[torch.Tensor], ids_keep_BK: torch.Te
     a tensor that differs from the others gets launches of its own (the documented fallback)."""
     op = "token_gather_many"
     if not isinstance(tensors_BLD, (list, tuple)):
-        _fail(
+        fail(
             op,
             "a list or tuple of [B,L,D] tensors",
             type(tensors_BLD).__name__,

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import depthwise
+from kernels import depthwise, testing
 from kernels import reference as ref
 from tests.device import KERNEL_DEVICE as DEVICE
 from tests.device import cpu_dispatch_only
 from tests.neighbour_configs import all_neighbour_configurations
-from tests.sm90 import assert_compiles_for_sm90
+from tests.sm90 import GPU_TARGETS, assert_compiles_for
 from tests.tolerances import TOLERANCES
 
 pytestmark = pytest.mark.kernel_device  # tensors on the GPU when one runs the suite there
@@ -141,7 +141,12 @@ def _close(actual, expected, dtype):
     torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol)
 
 
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+# the two largest fp32 cases (B=2 at stage 1, 18 tiles at stage 2) in the full suite only (-m slow); every
+# stage, dtype and layout still runs in the fast loop
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, id=_case_id(c), marks=[pytest.mark.slow] if i in (0, 2) else []) for i, c in enumerate(CASES)],
+)
 def test_kernel_matches_twin_forward_and_backward(case, generator):
     tiles, table, weight, bias, grad = _inputs(case, generator)
     (B, K, T, _, C), dtype = tiles.shape, tiles.dtype
@@ -149,7 +154,7 @@ def test_kernel_matches_twin_forward_and_backward(case, generator):
 
     # launchers, every output poisoned first
     nan = float("nan")
-    out = depthwise.depthwise_conv5x5_tiles_forward(
+    out = testing.depthwise_conv5x5_tiles_forward(
         tiles, table, weight, bias, out=torch.full((B, K, T, T, C), nan, dtype=dtype, device=DEVICE)
     )
     _close(out, want, dtype)
@@ -158,9 +163,7 @@ def test_kernel_matches_twin_forward_and_backward(case, generator):
         torch.full_like(weight, nan),
         torch.full_like(bias, nan),
     )
-    g_tiles, g_weight, g_bias = depthwise.depthwise_conv5x5_tiles_backward(
-        grad, tiles, table, weight, True, out=poisoned
-    )
+    g_tiles, g_weight, g_bias = testing.depthwise_conv5x5_tiles_backward(grad, tiles, table, weight, True, out=poisoned)
     _close(g_tiles, want_tiles, dtype)
     _close(g_weight, want_weight, dtype)
     _close(g_bias, want_bias, dtype)
@@ -193,7 +196,7 @@ def test_no_bias_and_weight_gradient_over_chunks(monkeypatch, generator):
     _close(out.detach(), want, torch.float32)
     _close(leaves[0].grad, want_tiles, torch.float32)
     _close(leaves[1].grad, want_weight, torch.float32)
-    g = depthwise.depthwise_conv5x5_tiles_backward(grad, tiles, table, weight, has_bias=False)
+    g = testing.depthwise_conv5x5_tiles_backward(grad, tiles, table, weight, has_bias=False)
     assert g[2] is None
     assert_bitwise_equal(g[1], leaves[1].grad)
 
@@ -221,9 +224,9 @@ def test_launch_rule_without_the_interpreter_takes_the_twin(monkeypatch, generat
     tiles, table, weight, bias, grad = _inputs(case, generator)
     assert not depthwise._use_triton(tiles)
     poisoned = torch.full_like(tiles, float("nan"))
-    out = depthwise.depthwise_conv5x5_tiles_forward(tiles, table, weight, bias, out=poisoned)
+    out = testing.depthwise_conv5x5_tiles_forward(tiles, table, weight, bias, out=poisoned)
     assert_bitwise_equal(out, ref.depthwise_conv5x5_tiles(tiles, table, weight, bias))
-    g = depthwise.depthwise_conv5x5_tiles_backward(grad, tiles, table, weight, True)
+    g = testing.depthwise_conv5x5_tiles_backward(grad, tiles, table, weight, True)
     _, want = _twin_fp32(tiles, table, weight, bias, grad)
     for got, expected in zip(g, want):
         _close(got, expected, torch.float32)
@@ -257,7 +260,7 @@ def _bad_inputs():
         (lambda: op(tiles[0], table, weight, bias), r"tiles of shape \[B,K,T,T,C\]"),
         (lambda: op(tiles[:, :, :, :2], table, weight, bias), r"tiles of shape \[B,K,T,T,C\]"),
         (lambda: op(tiles[:, :, :1, :1], table, weight, bias), "at least 2x2"),
-        (lambda: op(tiles.double(), table, weight, bias), "tiles of dtype float32, bfloat16, float16"),
+        (lambda: op(tiles.double(), table, weight, bias), "tiles of dtype float32, bfloat16 or float16"),
         (lambda: op(tiles, table.int(), weight, bias), "int64 neighbours"),
         (lambda: op(tiles, table[:, :2], weight, bias), r"neighbours of shape \[1,3,9\]"),
         (lambda: op(tiles, table, weight[:4], bias), r"weight of shape \[8,1,5,5\]"),
@@ -267,16 +270,14 @@ def _bad_inputs():
         (lambda: op(tiles, table, weight, bias.to("meta")), "one device"),
         (lambda: op(tiles.tolist(), table, weight, bias), "torch.Tensor"),
         (
-            lambda: depthwise.depthwise_conv5x5_tiles_forward(tiles, bad_table, weight, bias),
+            lambda: testing.depthwise_conv5x5_tiles_forward(tiles, bad_table, weight, bias),
             r"neighbour indices in \[-1, 3\)",
         ),
         (
-            lambda: depthwise.depthwise_conv5x5_tiles_forward(
-                tiles, table, weight, bias, out=torch.empty(1, 3, 4, 4, 7)
-            ),
+            lambda: testing.depthwise_conv5x5_tiles_forward(tiles, table, weight, bias, out=torch.empty(1, 3, 4, 4, 7)),
             "out of shape",
         ),
-        (lambda: depthwise.depthwise_conv5x5_tiles_backward(tiles[:, :2], tiles, table, weight), "grad of shape"),
+        (lambda: testing.depthwise_conv5x5_tiles_backward(tiles[:, :2], tiles, table, weight), "grad of shape"),
     ]
 
 
@@ -307,14 +308,16 @@ for T, C in ((4, 256), (2, 384), (4, 24)):  # the model's two stages, and a narr
     for x, w in (("*fp32", "*fp32"), ("*bf16", "*bf16"), ("*fp16", "*fp16"), ("*bf16", "*fp32")):
         for has_bias, flip in ((True, False), (False, False), (False, True)):  # forward, input gradient
             pointers = dict(src_ptr=x, nb_ptr="*i64", w_ptr=w, bias_ptr=w, out_ptr=x)
-            compile_sm90(depthwise._depthwise_tiles_kernel, pointers, dict(sizes, HAS_BIAS=has_bias, FLIP=flip),
+            compile_kernel(depthwise._depthwise_tiles_kernel, pointers, dict(sizes, HAS_BIAS=has_bias, FLIP=flip),
                          num_warps)
-        compile_sm90(depthwise._depthwise_tiles_wgrad_kernel,
+        compile_kernel(depthwise._depthwise_tiles_wgrad_kernel,
                      dict(x_ptr=x, g_ptr=x, nb_ptr="*i64", partial_ptr="*fp32"), sizes, num_warps)
 print("compiled")
 """
 
 
-def test_kernels_compile_for_sm90(tmp_path):
-    """Both depthwise kernels compile for an H100 with the real Triton compiler (see tests/sm90.py)."""
-    assert_compiles_for_sm90(COMPILE_SCRIPT, tmp_path)
+@pytest.mark.slow  # a real Triton compile in a subprocess
+@pytest.mark.parametrize("target", sorted(GPU_TARGETS))
+def test_kernels_compile_for(target, tmp_path):
+    """Both depthwise kernels compile for an A100 and an H100/H200 with the real Triton compiler (see tests/sm90.py)."""
+    assert_compiles_for(COMPILE_SCRIPT, tmp_path, GPU_TARGETS[target])

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import masking
+from kernels import masking, testing
 from kernels import reference as ref
 from tests.device import cpu_dispatch_only
-from tests.sm90 import assert_compiles_for_sm90
+from tests.sm90 import GPU_TARGETS, assert_compiles_for
 
 pytestmark = pytest.mark.kernel_device  # tensors on the GPU when one runs the suite there
 
@@ -81,7 +81,14 @@ def _assert_equal_outputs(got, expected):
             assert torch.equal(a.view(torch.int32), b.view(torch.int32)), name
 
 
-@pytest.mark.parametrize("L,grid", GRIDS, ids=[f"L{g[0]}" for g in GRIDS])
+# The fast loop (-m "not slow") runs every kind and order on L = 1, 40 (a 4x10 grid) and 37 (no grid); the
+# other rows, the model's grid (196) and the 4096 limit among them, run in the full suite (marked slow).
+FAST_L = (1, 40, 37)
+
+
+@pytest.mark.parametrize(
+    "L,grid", [pytest.param(*g, id=f"L{g[0]}", marks=[] if g[0] in FAST_L else [pytest.mark.slow]) for g in GRIDS]
+)
 @pytest.mark.parametrize("order", ["descending", "ascending"])
 @pytest.mark.parametrize("kind", ["randn", "ties", "signed_zeros", "bf16", "fp16"])
 def test_matches_twin(L, grid, order, kind, generator):
@@ -161,7 +168,7 @@ def test_out_is_fully_written(L, grid, transposed, generator):
     K = ref.num_visible(L, stride)
     scores = _scores("ties", B, L, generator)
     outs = _poisoned(B, L, K, grid, transposed)
-    result = masking.sort_stride_mask(scores, stride, "ascending", grid, out=outs)
+    result = testing.sort_stride_mask_out(scores, stride, "ascending", grid, out=outs)
     assert all(r is o for r, o in zip(result, outs))
     for t in outs:
         assert not (t == POISON_INT).any() and not torch.isnan(t.float()).any()
@@ -171,7 +178,7 @@ def test_out_is_fully_written(L, grid, transposed, generator):
 def test_out_as_three_tensors_without_grid(generator):
     scores = _scores("randn", 2, 40, generator)
     outs = _poisoned(2, 40, 10, None, False)
-    result = masking.sort_stride_mask(scores, 4, "descending", None, out=outs)
+    result = testing.sort_stride_mask_out(scores, 4, "descending", None, out=outs)
     assert result.visible_x4 is None and result.visible_x2 is None
     _assert_equal_outputs(result, ref.sort_stride_mask(scores, 4, "descending", None))
 
@@ -217,7 +224,7 @@ def test_launch_rule(monkeypatch, generator):
     expected = ref.sort_stride_mask(scores, 4, "ascending", (4, 10))
     _assert_equal_outputs(masking.sort_stride_mask(scores, 4, "ascending", (4, 10)), expected)
     outs = _poisoned(2, 40, 10, (4, 10), True)
-    _assert_equal_outputs(masking.sort_stride_mask(scores, 4, "ascending", (4, 10), out=outs), expected)
+    _assert_equal_outputs(testing.sort_stride_mask_out(scores, 4, "ascending", (4, 10), out=outs), expected)
     assert calls == [1]
 
 
@@ -228,7 +235,7 @@ def test_rows_longer_than_the_triton_limit_use_the_twin(monkeypatch, generator):
     expected = ref.sort_stride_mask(scores, 4, "descending", (4, 10))
     _assert_equal_outputs(masking.sort_stride_mask(scores, 4, "descending", (4, 10)), expected)
     outs = _poisoned(2, 40, 10, (4, 10), False)
-    _assert_equal_outputs(masking.sort_stride_mask(scores, 4, "descending", (4, 10), out=outs), expected)
+    _assert_equal_outputs(testing.sort_stride_mask_out(scores, 4, "descending", (4, 10), out=outs), expected)
 
 
 def test_torch_compile_fullgraph(monkeypatch, generator):
@@ -242,7 +249,7 @@ def test_torch_compile_fullgraph(monkeypatch, generator):
             torch.empty(2, 40, dtype=torch.int64, device=s.device),
             torch.empty(2, 40, device=s.device),
         )
-        m3 = masking.sort_stride_mask(s, 3, "ascending", None, out=outs)
+        m3 = testing.sort_stride_mask_out(s, 3, "ascending", None, out=outs)
         return m.ids_keep, m.ids_restore, m.mask, m.visible_x4, m.visible_x2, m3.ids_keep, m3.mask
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
@@ -270,24 +277,28 @@ def _bad_calls():
         ("grid product", ValueError, lambda: masking.sort_stride_mask(s, 4, "descending", (5, 5))),
         ("grid not ints", ValueError, lambda: masking.sort_stride_mask(s, 4, "descending", (4.0, 10.0))),
         ("scores type", TypeError, lambda: masking.sort_stride_mask(s.tolist(), 4)),
-        ("out length", ValueError, lambda: masking.sort_stride_mask(s, 4, out=outs[:2])),
-        ("out ids dtype", ValueError, lambda: masking.sort_stride_mask(s, 4, out=(outs[0].int(), *outs[1:3]))),
+        ("out length", ValueError, lambda: testing.sort_stride_mask_out(s, 4, out=outs[:2])),
+        ("out ids dtype", ValueError, lambda: testing.sort_stride_mask_out(s, 4, out=(outs[0].int(), *outs[1:3]))),
         (
             "out restore shape",
             ValueError,
-            lambda: masking.sort_stride_mask(s, 4, out=(outs[0], outs[1][:, :39], outs[2])),
+            lambda: testing.sort_stride_mask_out(s, 4, out=(outs[0], outs[1][:, :39], outs[2])),
         ),
-        ("out device", ValueError, lambda: masking.sort_stride_mask(s, 4, out=(outs[0], outs[1], outs[2].to("meta")))),
-        ("out maps without grid", ValueError, lambda: masking.sort_stride_mask(s, 4, out=outs)),
+        (
+            "out device",
+            ValueError,
+            lambda: testing.sort_stride_mask_out(s, 4, out=(outs[0], outs[1], outs[2].to("meta"))),
+        ),
+        ("out maps without grid", ValueError, lambda: testing.sort_stride_mask_out(s, 4, out=outs)),
         (
             "out maps missing",
             TypeError,
-            lambda: masking.sort_stride_mask(s, 4, "descending", (4, 10), out=(*outs[:3], None, None)),
+            lambda: testing.sort_stride_mask_out(s, 4, "descending", (4, 10), out=(*outs[:3], None, None)),
         ),
         (
             "out map shape",
             ValueError,
-            lambda: masking.sort_stride_mask(s, 4, "descending", (4, 10), out=(*outs[:4], outs[3])),
+            lambda: testing.sort_stride_mask_out(s, 4, "descending", (4, 10), out=(*outs[:4], outs[3])),
         ),
     ]
 
@@ -303,12 +314,14 @@ from kernels import masking
 pointers = dict(keep_ptr="*i64", restore_ptr="*i64", mask_ptr="*fp32", x4_ptr="*fp32", x2_ptr="*fp32")
 cases = ((256, True, True, "*fp32"), (4096, False, True, "*bf16"), (1, True, False, "*fp16"))
 for block, descending, maps, scores in cases:
-    compile_sm90(masking._sort_stride_mask_kernel, dict(pointers, scores_ptr=scores),
+    compile_kernel(masking._sort_stride_mask_kernel, dict(pointers, scores_ptr=scores),
                  {"BLOCK": block, "DESCENDING": descending, "HAS_MAPS": maps}, num_warps=masking._num_warps(block))
 print("compiled")
 """
 
 
-def test_kernel_compiles_for_sm90(tmp_path):
-    """The kernel compiles for an H100 with the real Triton compiler (see tests/sm90.py)."""
-    assert_compiles_for_sm90(COMPILE_SCRIPT, tmp_path)
+@pytest.mark.slow  # a real Triton compile in a subprocess
+@pytest.mark.parametrize("target", sorted(GPU_TARGETS))
+def test_kernel_compiles_for(target, tmp_path):
+    """The kernel compiles for an A100 and an H100/H200 with the real Triton compiler (see tests/sm90.py)."""
+    assert_compiles_for(COMPILE_SCRIPT, tmp_path, GPU_TARGETS[target])

@@ -8,10 +8,10 @@ kernel sums the 256*C fp32 products in another order than the twin's einsum). Ev
 import pytest
 import torch
 
-from kernels import pooling
+from kernels import pooling, testing
 from kernels import reference as ref
 from tests.device import KERNEL_DEVICE, cpu_dispatch_only
-from tests.sm90 import assert_compiles_for_sm90
+from tests.sm90 import GPU_TARGETS, assert_compiles_for
 from tests.tolerances import tol
 
 pytestmark = pytest.mark.kernel_device  # tensors on the GPU when one runs the suite there
@@ -95,7 +95,7 @@ def test_out_is_fully_written(layout, generator):
     imgs = torch.randn(B, 3, 64, 160, generator=generator, dtype=torch.bfloat16)
     filt = torch.randn(3, 16, 16, generator=generator)
     out = torch.full((B, L), float("nan")) if layout == "contiguous" else torch.full((L, B), float("nan")).t()
-    result = pooling.intensity_pool(imgs, filt, 0.5, out=out)
+    result = testing.intensity_pool_out(imgs, filt, 0.5, out=out)
     assert result is out
     assert not torch.isnan(out).any()
     torch.testing.assert_close(out, ref.intensity_pool(imgs, filt, 0.5), **tol("intensity_pool", torch.bfloat16))
@@ -131,7 +131,7 @@ def test_launch_rule(monkeypatch, generator):
     monkeypatch.delenv("TRITON_INTERPRET")
     assert not pooling._use_triton(imgs)
     out = torch.full((2, 6), float("nan"))
-    for scores in (pooling.intensity_pool(imgs, filt, 0.5), pooling.intensity_pool(imgs, filt, 0.5, out=out)):
+    for scores in (pooling.intensity_pool(imgs, filt, 0.5), testing.intensity_pool_out(imgs, filt, 0.5, out=out)):
         assert torch.equal(scores, ref.intensity_pool(imgs, filt, 0.5))
     assert calls == [1]
 
@@ -170,9 +170,9 @@ def _bad_calls():
         ("bias device", ValueError, lambda: pooling.intensity_pool(x, f, torch.zeros((), device="meta"))),
         ("bias type", TypeError, lambda: pooling.intensity_pool(x, f, "0.5")),
         ("imgs type", TypeError, lambda: pooling.intensity_pool(x.numpy(), f)),
-        ("out shape", ValueError, lambda: pooling.intensity_pool(x, f, out=torch.empty(1, 5))),
-        ("out dtype", ValueError, lambda: pooling.intensity_pool(x, f, out=torch.empty(1, 4, dtype=torch.float16))),
-        ("out device", ValueError, lambda: pooling.intensity_pool(x, f, out=torch.empty(1, 4, device="meta"))),
+        ("out shape", ValueError, lambda: testing.intensity_pool_out(x, f, out=torch.empty(1, 5))),
+        ("out dtype", ValueError, lambda: testing.intensity_pool_out(x, f, out=torch.empty(1, 4, dtype=torch.float16))),
+        ("out device", ValueError, lambda: testing.intensity_pool_out(x, f, out=torch.empty(1, 4, device="meta"))),
     ]
 
 
@@ -185,13 +185,15 @@ def test_bad_inputs_raise(name, error, call):
 COMPILE_SCRIPT = r"""
 from kernels import pooling
 for dtype in ("*fp32", "*bf16", "*fp16"):
-    compile_sm90(pooling._intensity_pool_kernel,
+    compile_kernel(pooling._intensity_pool_kernel,
                  dict(img_ptr=dtype, filt_ptr="*fp32", bias_ptr="*fp32", out_ptr="*fp32"),
                  {"BLOCK_PW": 8, "PATCH_SIZE": 16}, expect="ld.global")
 print("compiled")
 """
 
 
-def test_kernel_compiles_for_sm90(tmp_path):
-    """The kernel compiles for an H100 with the real Triton compiler (see tests/sm90.py)."""
-    assert_compiles_for_sm90(COMPILE_SCRIPT, tmp_path)
+@pytest.mark.slow  # a real Triton compile in a subprocess
+@pytest.mark.parametrize("target", sorted(GPU_TARGETS))
+def test_kernel_compiles_for(target, tmp_path):
+    """The kernel compiles for an A100 and an H100/H200 with the real Triton compiler (see tests/sm90.py)."""
+    assert_compiles_for(COMPILE_SCRIPT, tmp_path, GPU_TARGETS[target])

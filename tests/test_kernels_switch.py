@@ -59,8 +59,9 @@ def test_triton_where_it_cannot_run_is_an_error(monkeypatch):
         InfMAE(ModelConfig(**TINY, kernels="triton"))
 
 
+@pytest.mark.slow
 def test_training_with_triton_ops_matches_the_reference():
-    """Bar 2: a few steps from the same seed, same masks exactly, losses within tolerance."""
+    """Triton ops in training: a few steps from the same seed, same masks exactly, losses within tolerance."""
     histories = {}
     for choice in ("triton", "reference"):
         torch.manual_seed(0)
@@ -84,7 +85,7 @@ def test_training_with_triton_ops_matches_the_reference():
 
 
 def test_compiled_masking_and_token_path_has_no_graph_break():
-    """Bar 3: torch.compile(fullgraph=True) through the custom ops, forward and backward."""
+    """No graph break: torch.compile(fullgraph=True) through the custom ops, forward and backward."""
     model = InfMAE(ModelConfig(**TINY, kernels="triton"))
     ops = model.ops
 
@@ -103,3 +104,20 @@ def test_compiled_masking_and_token_path_has_no_graph_break():
         assert torch.equal(a, b)
     compiled[0].sum().backward()
     assert tokens.grad is not None and torch.count_nonzero(tokens.grad) > 0
+
+
+def test_the_switch_covers_every_model_op_including_the_depthwise_conv():
+    """The sparse encoder takes its depthwise op from the switch, like the other four ops."""
+    assert set(kernel_switch.OP_NAMES) == {
+        "intensity_pool",
+        "sort_stride_mask",
+        "token_gather_many",
+        "token_restore",
+        "depthwise_conv5x5_tiles",
+    }
+    for choice, module in (("reference", reference), ("triton", triton_ops)):
+        ops = kernel_switch.resolve_kernels(choice)
+        for name in kernel_switch.OP_NAMES:
+            assert getattr(ops, name) is getattr(module, name), (choice, name)
+        model = InfMAE(ModelConfig(**TINY, kernels=choice, encoder="sparse"))
+        assert model.ops.depthwise_conv5x5_tiles is module.depthwise_conv5x5_tiles

@@ -11,11 +11,12 @@ import re
 import pytest
 import torch
 
+import kernels
 from kernels import reference as ref
-from kernels import tokens
+from kernels import testing, tokens
 from tests.device import KERNEL_DEVICE as DEVICE
 from tests.device import cpu_dispatch_only
-from tests.sm90 import assert_compiles_for_sm90
+from tests.sm90 import GPU_TARGETS, assert_compiles_for
 from tests.tolerances import TOLERANCES as TABLE
 
 pytestmark = pytest.mark.kernel_device  # tensors on the GPU when one runs the suite there
@@ -44,6 +45,12 @@ RESTORE_CASES = [
     for layout in MASK_LAYOUTS
     if case[0][3] < 768 or (layout == MASK_LAYOUTS[0] and case[1] != torch.float32)
 ]
+
+
+def _wide_is_slow(case):
+    """Wide rows (D >= 768, the model's size among them) run in the full suite only (marked slow): under the
+    interpreter they cost seconds; every dtype and layout still runs on the narrow rows in the fast loop."""
+    return [pytest.mark.slow] if case[0][3] >= 768 else []
 
 
 def _case_id(case):
@@ -86,7 +93,7 @@ def _twin_grads(fn, inputs, grad_out):
 # ---------------------------------------------------------------------------------------------
 # token_gather
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("case", [pytest.param(c, id=_case_id(c), marks=_wide_is_slow(c)) for c in CASES])
 def test_token_gather_matches_twin_bitwise(case, generator):
     (B, L, K, D), dtype, contiguous = case
     tokens_BLD = _tokens(B, L, D, dtype, contiguous, generator)
@@ -96,9 +103,9 @@ def test_token_gather_matches_twin_bitwise(case, generator):
     expected, (expected_grad,) = _twin_grads(lambda t: ref.token_gather(t, ids), [tokens_BLD], grad_BKD)
 
     # launchers, every output poisoned first
-    (out,) = tokens.token_gather_forward([tokens_BLD], ids, out=[_poisoned(B, K, D, dtype=dtype)])
+    (out,) = testing.token_gather_forward([tokens_BLD], ids, out=[_poisoned(B, K, D, dtype=dtype)])
     assert_bitwise_equal(out, expected)
-    (grad,) = tokens.token_gather_backward([grad_BKD], ids, L, out=[_poisoned(B, L, D, dtype=dtype)])
+    (grad,) = testing.token_gather_backward([grad_BKD], ids, L, out=[_poisoned(B, L, D, dtype=dtype)])
     assert_bitwise_equal(grad, expected_grad)  # exact zeros where nothing was kept
 
     # the autograd op: a second run of the same kernels, bitwise equal to the first
@@ -164,10 +171,10 @@ def test_token_gather_many_is_one_launch_each_way(shape, dtype, launches, genera
         assert_bitwise_equal(out.detach(), expected)
         assert_bitwise_equal(leaf.grad, expected_grad)
     # launchers with poisoned outputs
-    poisoned = tokens.token_gather_forward(inputs, ids, out=[_poisoned(B, K, D, dtype=dtype) for _ in inputs])
+    poisoned = testing.token_gather_forward(inputs, ids, out=[_poisoned(B, K, D, dtype=dtype) for _ in inputs])
     for got, out in zip(poisoned, outs):
         assert_bitwise_equal(got, out.detach())
-    poisoned = tokens.token_gather_backward(grads, ids, L, out=[_poisoned(B, L, D, dtype=dtype) for _ in inputs])
+    poisoned = testing.token_gather_backward(grads, ids, L, out=[_poisoned(B, L, D, dtype=dtype) for _ in inputs])
     for got, leaf in zip(poisoned, leaves):
         assert_bitwise_equal(got, leaf.grad)
 
@@ -206,7 +213,10 @@ def _mask_token(D, dtype, layout, generator):
     return torch.randn(D, 2, generator=generator).to(DEVICE, dtype)[:, 0]
 
 
-@pytest.mark.parametrize("case,mask_layout", RESTORE_CASES, ids=lambda p: _case_id(p) if isinstance(p, tuple) else p)
+@pytest.mark.parametrize(
+    "case,mask_layout",
+    [pytest.param(c, layout, id=f"{_case_id(c)}-{layout}", marks=_wide_is_slow(c)) for c, layout in RESTORE_CASES],
+)
 def test_token_restore_matches_twin(case, mask_layout, generator):
     (B, L, K, D), dtype, contiguous = case
     visible = _tokens(B, K, D, dtype, contiguous, generator)
@@ -217,9 +227,9 @@ def test_token_restore_matches_twin(case, mask_layout, generator):
         lambda v, m: ref.token_restore(v, m, ids, L), [visible, mask_token], grad_BLD
     )
 
-    out = tokens.token_restore_forward(visible, mask_token, ids, L, out=_poisoned(B, L, D, dtype=dtype))
+    out = testing.token_restore_forward(visible, mask_token, ids, L, out=_poisoned(B, L, D, dtype=dtype))
     assert_bitwise_equal(out, expected)  # mask token rounded exactly as tensor.to(dtype) does
-    visible_grad, mask_grad = tokens.token_restore_backward(
+    visible_grad, mask_grad = testing.token_restore_backward(
         grad_BLD, ids, mask_token.dtype, out=(_poisoned(B, K, D, dtype=dtype), _poisoned(D, dtype=mask_token.dtype))
     )
     assert_bitwise_equal(visible_grad, expected_visible_grad)
@@ -249,7 +259,7 @@ def test_token_restore_mask_grad_two_stages(target_partials, block_partials, mon
     B, L, K, D = 2, 196, 49, 24  # D=24: 64 positions per block, 4 blocks per row (the last one of 4)
     grad_BLD = torch.randn(B, L, D, generator=generator, device=DEVICE)
     ids = _ids(B, L, K, generator)
-    visible_grad, mask_grad = tokens.token_restore_backward(grad_BLD, ids, torch.float32)
+    visible_grad, mask_grad = testing.token_restore_backward(grad_BLD, ids, torch.float32)
     assert_bitwise_equal(visible_grad, ref.token_gather(grad_BLD, ids))
     masked = torch.ones(B, L, dtype=torch.bool, device=DEVICE).scatter_(1, ids, False)
     atol, rtol = TOLERANCES[torch.float32]
@@ -319,9 +329,9 @@ def test_without_the_interpreter_a_cpu_tensor_takes_the_twin(monkeypatch, launch
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, atol=TOLERANCES[torch.float32][0], rtol=TOLERANCES[torch.float32][1])
     # the launchers still honour out= on this path
-    poisoned = tokens.token_restore_backward(grad, ids, torch.float32, out=(_poisoned(B, K, D), _poisoned(D)))
+    poisoned = testing.token_restore_backward(grad, ids, torch.float32, out=(_poisoned(B, K, D), _poisoned(D)))
     assert not any(bool(t.isnan().any()) for t in poisoned)
-    assert not tokens.token_gather_backward([visible.detach()], ids, L, out=[_poisoned(B, L, D)])[0].isnan().any()
+    assert not testing.token_gather_backward([visible.detach()], ids, L, out=[_poisoned(B, L, D)])[0].isnan().any()
 
 
 def test_torch_compile_fullgraph_forward_and_backward(generator):
@@ -381,10 +391,10 @@ def _bad_inputs():
         (lambda: tokens.token_gather_many(x, ids), TypeError, "token_gather_many", "list or tuple"),
         (lambda: tokens.token_gather_many([x, x.to("meta")], ids), ValueError, "token_gather_many", "one device"),
         (lambda: tokens.token_gather_many([x, x[:1]], ids), ValueError, "token_gather_many", "batch size 2"),
-        (lambda: tokens.token_gather_forward([x] * 4, ids), ValueError, "token_gather", "1 to 3 tensors"),
-        (lambda: tokens.token_gather_forward([x, x.half()], ids), ValueError, "token_gather", "one shape and dtype"),
+        (lambda: testing.token_gather_forward([x] * 4, ids), ValueError, "token_gather", "1 to 3 tensors"),
+        (lambda: testing.token_gather_forward([x, x.half()], ids), ValueError, "token_gather", "one shape and dtype"),
         (
-            lambda: tokens.token_gather_forward([x], ids, out=[torch.empty(2, 3, 5)]),
+            lambda: testing.token_gather_forward([x], ids, out=[torch.empty(2, 3, 5)]),
             ValueError,
             "token_gather",
             r"out of shape \(2, 3, 4\)",
@@ -417,8 +427,13 @@ def _bad_inputs():
             "one id per visible token",
         ),
         (lambda: tokens.token_restore(visible[0], mask_token, ids, 10), ValueError, "token_restore", r"\[B,K,D\]"),
-        (lambda: tokens.token_restore_backward(x, ids, torch.int32), TypeError, "token_restore_backward", "mask_dtype"),
-        # the CHECK_IDS guard: ids out of [0, L), repeated ids
+        (
+            lambda: testing.token_restore_backward(x, ids, torch.int32),
+            TypeError,
+            "token_restore_backward",
+            "mask_dtype",
+        ),
+        # the check_ids guard: ids out of [0, L), repeated ids
         (
             lambda: tokens.token_gather(x, torch.tensor([[3, 1, 10], [0, 9, 2]])),
             ValueError,
@@ -434,7 +449,7 @@ def _bad_inputs():
         (lambda: tokens.token_restore(visible, mask_token, ids, 9), ValueError, "token_restore", r"values in \[0, 9\)"),
         (lambda: tokens.token_gather(x, torch.tensor([[3, 1, 3], [0, 9, 2]])), ValueError, "token_gather", "distinct"),
         (
-            lambda: tokens.token_gather_backward([visible], ids, 8),
+            lambda: testing.token_gather_backward([visible], ids, 8),
             ValueError,
             "token_gather_backward",
             r"values in \[0, 8\)",
@@ -460,7 +475,7 @@ def test_check_ids_is_a_guard_the_trainer_can_turn_off(monkeypatch, generator):
     out_of_range = torch.tensor([[3, 1, L], [0, 9, 2]])
     with pytest.raises(ValueError, match="values in"):
         tokens.token_restore(visible, mask_token, out_of_range, L)
-    monkeypatch.setattr(tokens, "CHECK_IDS", False)
+    monkeypatch.setattr(kernels.HOST_SYNC_GUARDS, "check_ids", False)
     # unchecked: no host sync and no error; an id that matches no position leaves its row out
     out = tokens.token_restore(visible, mask_token, out_of_range, L)
     assert torch.equal(out[0, 3], visible[0, 0]) and torch.equal(out[0, 1], visible[0, 1])
@@ -479,20 +494,22 @@ for D in (768, 24):
         rows = dict(BLOCK_ROWS=block_rows, BLOCK_D=block_d)
         for n in (1, 3):
             data = {f"{side}{i}_ptr": dtypes[i] for side in ("src", "dst") for i in range(3)}
-            compile_sm90(tokens._gather_rows_kernel, dict(ids, **data), dict(rows, NUM_TENSORS=n), num_warps)
+            compile_kernel(tokens._gather_rows_kernel, dict(ids, **data), dict(rows, NUM_TENSORS=n), num_warps)
             for fill in (False, True):  # gather backward; restore forward with the mask token (fp32 or not)
                 pointers = dict(ids, **data, fill_ptr="*fp32" if fill else dtypes[0])
-                compile_sm90(tokens._place_rows_kernel, pointers,
+                compile_kernel(tokens._place_rows_kernel, pointers,
                              dict(rows, NUM_TENSORS=n, HAS_FILL=fill, BLOCK_K=tokens._BLOCK_K), num_warps)
-        compile_sm90(tokens._restore_backward_kernel,
+        compile_kernel(tokens._restore_backward_kernel,
                      dict(ids, grad_ptr=dtypes[0], visible_grad_ptr=dtypes[0], partial_ptr="*fp32"),
                      dict(rows, BLOCK_K=tokens._BLOCK_K), num_warps)
-        compile_sm90(tokens._sum_partials_kernel, dict(partial_ptr="*fp32", out_ptr=dtypes[1]),
+        compile_kernel(tokens._sum_partials_kernel, dict(partial_ptr="*fp32", out_ptr=dtypes[1]),
                      dict(BLOCK_P=tokens._BLOCK_PARTIALS, BLOCK_D=min(block_d, 64)))
 print("compiled")
 """
 
 
-def test_kernels_compile_for_sm90(tmp_path):
-    """Every token kernel compiles for an H100 with the real Triton compiler (see tests/sm90.py)."""
-    assert_compiles_for_sm90(COMPILE_SCRIPT, tmp_path)
+@pytest.mark.slow  # a real Triton compile in a subprocess
+@pytest.mark.parametrize("target", sorted(GPU_TARGETS))
+def test_kernels_compile_for(target, tmp_path):
+    """Every token kernel compiles for an A100 and an H100/H200 with the real Triton compiler (see tests/sm90.py)."""
+    assert_compiles_for(COMPILE_SCRIPT, tmp_path, GPU_TARGETS[target])

@@ -78,6 +78,7 @@ def assert_same(dense, sparse, imgs, masking, name):
 # ---------------------------------------------------------------------------------------------
 # exactness
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_224px_real_widths_batch1_fp32(generator):
     """The released widths (256/384/768) on the 224 px grid, B=1; ViT and decoder depth cut to 1 for time."""
     dense, sparse = pair(img_size=(224, 224), depths=(2, 2, 1), decoder_depth=1)
@@ -90,8 +91,8 @@ def test_224px_real_widths_batch1_fp32(generator):
     [
         ((224, 224), 2, "intensity", "descending"),
         ((96, 160), 3, "official", "ascending"),
-        ((96, 160), 1, "intensity", "ascending"),
-        ((160, 96), 2, "official", "descending"),
+        pytest.param((96, 160), 1, "intensity", "ascending", marks=pytest.mark.slow),
+        pytest.param((160, 96), 2, "official", "descending", marks=pytest.mark.slow),
     ],
 )
 def test_narrow_model_fp32_both_score_modes(size, batch, score, order, generator):
@@ -128,6 +129,7 @@ def _border_and_random_masks(h, w, generator):
     return torch.stack(rows)
 
 
+@pytest.mark.slow
 def test_fp64_planted_masks_border_and_all_visible(generator):
     """fp64: the sparse path is the dense one up to rounding (~1e-15), for masks at the border, in the
     interior, at the corners, random, and nothing masked at all."""
@@ -149,6 +151,7 @@ def test_fp64_planted_masks_border_and_all_visible(generator):
     assert_same(dense, sparse, imgs[:2], planted_masking(one, (h, w), generator), "sparse_encoder")
 
 
+@pytest.mark.slow
 def test_fp64_every_neighbour_configuration(generator):
     visible = all_neighbour_configurations()
     masking = planted_masking(visible, (48, 48), generator)
@@ -176,6 +179,7 @@ def test_bf16_autocast(generator):
 # ---------------------------------------------------------------------------------------------
 # training, checkpoints, FLOPs, config
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_training_steps_sparse_match_dense():
     """A few AdamW steps from the same seed: same masks exactly, losses within the fp32 tolerance."""
     histories = {}
@@ -278,6 +282,7 @@ def _saved_tensor_count(model, imgs) -> int:
     return count
 
 
+@pytest.mark.slow
 def test_per_block_checkpointing_and_compile_apply_to_the_sparse_conv_stages(monkeypatch):
     """The sparse path calls each CBlock as a module (tile mode), so ``parallelize``'s per-block wrappers
     act on it: checkpointing cuts the saved activations and keeps every gradient bit-equal; compile

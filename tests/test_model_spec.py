@@ -1,4 +1,4 @@
-"""infmae_base against the numbers of shared/README.md section 2 (read off the released code)."""
+"""infmae_base against the numbers of docs/specification.md, 'The model' (read off the released code)."""
 
 import math
 
@@ -21,7 +21,7 @@ def base():
 
 
 def released_key_names(depths=(2, 2, 11), decoder_depth=2):
-    """The released state-dict names, written from the spec's naming rules."""
+    """The released state-dict names, written from the naming rules of docs/specification.md, 'The model'."""
     names = ["patch_embed.proj.weight", "patch_embed.proj.bias"]
     for i in (1, 2, 3):
         names += [
@@ -69,6 +69,7 @@ def test_state_dict_size_and_names(base):
     assert state["patch_embed.proj.weight"].shape == (768, 3, 16, 16)
 
 
+@pytest.mark.slow
 def test_released_layout_loads_strictly_and_score_conv_is_frozen(base):
     # a checkpoint as the released trainer saves it: {'model': state_dict, 'optimizer': ..., 'epoch': ...}
     torch.manual_seed(1)
@@ -105,6 +106,7 @@ def test_flop_counter_matches_analytical_count(base):
     assert base.flops_per_image() <= counted <= base.flops_per_image() + score_filter
 
 
+@pytest.mark.slow
 def test_flops_scale_with_non_square_images():
     config = ModelConfig(img_size=(96, 160))
     model = InfMAE(config)

@@ -1,4 +1,4 @@
-"""The InfMAE model (shared/README.md section 2) in eager PyTorch."""
+"""The InfMAE model (docs/specification.md, 'The model') in eager PyTorch."""
 
 from infmae.model.infmae import InfMAE, InfMAEOutput, build_model, encoder_state_dict
 

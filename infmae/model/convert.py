@@ -1,9 +1,9 @@
 """Checkpoint conversions: 3 <-> 1 input channels, and loading released checkpoints.
 
-``in_chans=1`` is an exact shortcut for 3 identical channels (shared/README.md 2.3): a convolution over
-3 equal channels equals one over a single channel with the weights summed over the channel axis. The
-decoder head predicts (p, q, c) with c fastest: going to 1 channel averages the channels' predictions,
-going to 3 repeats them (each channel then predicts the gray value).
+``in_chans=1`` is an exact shortcut for 3 identical channels (docs/specification.md, 'Fidelity choices'):
+a convolution over 3 equal channels equals one over a single channel with the weights summed over the
+channel axis. The decoder head predicts (p, q, c) with c fastest: going to 1 channel averages the
+channels' predictions, going to 3 repeats them (each channel then predicts the gray value).
 """
 
 from __future__ import annotations

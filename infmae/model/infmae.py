@@ -3,7 +3,7 @@
 Legend: B batch, C image channels, H x W image (multiples of 16), h x w = H/16 x W/16 patch grid,
 L = h*w patches, K = ceil(L / S) visible patches, D = embed_dims[2] encoder width, Dd decoder width.
 
-Module and parameter names are those of the released code (shared/README.md section 2), so a released
+Module and parameter names are those of the released code (docs/specification.md, 'The model'), so a released
 checkpoint ``{'model': state_dict}`` loads with ``strict=True``.
 """
 
@@ -66,7 +66,8 @@ class InfMAE(nn.Module):
         num_patches = self.grid[0] * self.grid[1]
         self.ops = resolve_kernels(config.kernels)
 
-        # score conv of the released code: frozen buffers, only its averaged filter is used (2.1)
+        # score conv of the released code: frozen buffers, only its averaged filter is used
+        # (docs/specification.md, 'Information-aware masking')
         self.patch_embed = ScoreConv(C, 768, PATCH)
         self.patch_embed1 = PatchEmbed(C, d1, 4)
         self.patch_embed2 = PatchEmbed(d1, d2, 2)
@@ -134,7 +135,7 @@ class InfMAE(nn.Module):
         return self._pos_cache[key]
 
     def score_filter(self) -> tuple[torch.Tensor, torch.Tensor | float]:
-        """The C x 16 x 16 filter and bias of the IAM score (shared/README.md 2.1)."""
+        """The C x 16 x 16 filter and bias of the IAM score (docs/specification.md, 'Information-aware masking')."""
         if self.config.score == "official":
             return self.patch_embed.averaged_filter()
         return self.intensity_filter, 0.0

@@ -1,4 +1,7 @@
-"""One switch for the masking and token kernels: ``kernels="auto" | "triton" | "reference"``.
+"""One switch for every kernel of the model: ``kernels="auto" | "triton" | "reference"``.
+
+It picks all five ops together (``OP_NAMES``: intensity pooling, the sort-and-stride mask, the token
+gather and restore, and the sparse encoder's depthwise tile conv), so no model code chooses an op apart.
 
 ``reference`` is the eager twin in ``kernels.reference`` (the specification). ``triton`` is the fast path
 and is an error where it cannot run, never a silent fallback. ``auto`` takes Triton where CUDA and the
@@ -19,7 +22,9 @@ from kernels import reference
 log = logging.getLogger(__name__)
 _logged_auto: set[str] = set()
 
-OP_NAMES = ("intensity_pool", "sort_stride_mask", "token_gather_many", "token_restore")
+OP_NAMES = ("intensity_pool", "sort_stride_mask", "token_gather_many", "token_restore", "depthwise_conv5x5_tiles")
+"""The ops of a resolved namespace: the names of the twins in ``kernels.reference`` and of the Triton ops in
+``kernels.triton_ops`` (both registered in ``kernels.registry.REGISTRY``)."""
 
 
 def _reference_ops() -> SimpleNamespace:
@@ -44,7 +49,7 @@ def triton_unavailable_reason(allow_interpreter: bool = True) -> str | None:
 
 
 def resolve_kernels(choice: str) -> SimpleNamespace:
-    """-> a namespace with the four ops of shared/README.md section 3 and ``name``."""
+    """-> a namespace with the ops of ``OP_NAMES`` (docs/specification.md, 'Kernels') and ``name``."""
     if choice == "reference":
         return _reference_ops()
     if choice not in ("auto", "triton"):

@@ -39,7 +39,8 @@ class FrozenConvWeights(nn.Module):
 
 
 class ScoreConv(nn.Module):
-    """``patch_embed`` of the released code: only its averaged filter is ever used (see masking.py)."""
+    """``patch_embed`` of the released code: only its averaged filter is ever used (``InfMAE.score_filter`` in
+    infmae/model/infmae.py; the pooling op is kernels/pooling.py, its twin ``kernels.reference.intensity_pool``)."""
 
     def __init__(self, in_chans: int, out_chans: int = 768, patch: int = 16):
         super().__init__()

@@ -1,4 +1,4 @@
-"""The sparse encoder: InfMAE's conv stages evaluated on the visible patches only, exactly (issue 6).
+"""The sparse encoder: InfMAE's conv stages evaluated on the visible patches only, exactly.
 
 Legend: B batch, C image channels, h x w patch grid, L = h*w, K visible patches (rank order of
 ``ids_keep``), d1 / d2 / D the widths of stage 1 (H/4), stage 2 (H/8) and the ViT stage (H/16).
@@ -19,20 +19,11 @@ B*K small images. The parameters are the dense model's own modules (same state-d
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 
 from infmae.model.patchify import PATCH
 from kernels import reference
 from kernels.reference import MaskOutputs
-
-
-def depthwise_op(kernels_name: str):
-    """The depthwise tile op of the chosen kernels: the Triton op for 'triton', else the eager twin."""
-    if kernels_name == "triton":
-        return importlib.import_module("kernels.triton_ops").depthwise_conv5x5_tiles
-    return reference.depthwise_conv5x5_tiles
 
 
 def _gather_rows(x_BL_: torch.Tensor, ids_keep_BK: torch.Tensor) -> torch.Tensor:
@@ -70,7 +61,7 @@ def sparse_encoder(model, imgs_BCHW: torch.Tensor, masking: MaskOutputs) -> torc
     ids_keep = masking.ids_keep
     K = ids_keep.shape[1]
     neighbours = reference.tile_neighbours(ids_keep, (h, w))  # [B,K,9], shared by every CBlock
-    depthwise = depthwise_op(model.ops.name)
+    depthwise = model.ops.depthwise_conv5x5_tiles  # the kernel switch's choice (infmae/model/kernel_switch.py)
 
     # stage 1: the visible patches as B*K images of 16x16 pixels -> tiles [B,K,4,4,d1]
     patches = imgs_BCHW.reshape(B, C, h, PATCH, w, PATCH).permute(0, 2, 4, 1, 3, 5).reshape(B, h * w, C, PATCH, PATCH)
