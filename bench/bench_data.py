@@ -1,7 +1,7 @@
 """Input pipeline benchmark: images/s of the reference loader and of DALI on files and on a pack.
 
-    python bench/bench_data.py [--count 256] [--wide 4] [--batch 32] [--threads N] [--data /tmp/bench_data]
-    python bench/bench_data.py --smoke        # tiny, for the test suite
+    python -m bench.bench_data [--count 256] [--wide 4] [--batch 32] [--threads N] [--data /tmp/bench_data]
+    python -m bench.bench_data --smoke        # tiny, for the test suite
 
 On the same images (the synthetic generator at realistic sizes: ``--count`` frames of 640x512 in the
 generator's mix of 8/16-bit PNG, 16-bit TIFF raw/LZW/deflate, gray/colour JPEG and BMP, plus ``--wide``
@@ -196,11 +196,12 @@ def main() -> None:
     parser.add_argument("--img", type=int, default=224)
     parser.add_argument("--data", type=Path, default=Path("/tmp/infmae_bench_data"))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.smoke:
         args.count, args.wide, args.batch, args.batches, args.img = 12, 1, 4, 2, 64
-    run(args.count, args.wide, args.batch, args.batches, args.threads, args.img, args.data, smoke=args.smoke)
+    run(args.count, args.wide, args.batch, args.batches, args.threads, args.img, args.data, args.out, args.smoke)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ For each batch size both models are built from the same seed (identical weights)
 images; their losses are checked equal first (fp32: 1e-4 relative; bf16 autocast: 2e-2), then one
 training step's forward+backward (no optimizer) is timed, median of several runs (CUDA events on a GPU).
 Executed FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward+backward of
-each model (what actually runs: the sparse encoder skips masked tiles). Results:
-``bench/results/bench_sparse_<device>_<date>.{json,csv}``.
+each model (what actually runs: the sparse encoder skips masked tiles; a Triton op is not counted), next
+to the analytical counts of ``infmae/model/flops.py``. Results:
+``bench/results/bench_sparse_<device>_<date>.{json,csv}`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import dataclasses
 import logging
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -46,7 +48,18 @@ def executed_flops(step) -> int:
     return int(counter.get_total_flops())
 
 
-def run(quick: bool, batches: list[int], reps: int, out_dir=None) -> list[dict]:
+def run(
+    quick: bool,
+    batches: list[int],
+    reps: int,
+    out_dir=None,
+    kernels: str = "auto",
+    write: bool = True,
+    on_row=None,
+) -> list[dict]:
+    """-> one row per batch size. ``kernels``: the masking/token kernels of both models (``triton`` runs
+    them under the interpreter on a CPU); ``write``: result files under ``out_dir``; ``on_row``: sees each
+    row as it is made."""
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     base = preset("demo" if quick else "paper_base").model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
@@ -58,7 +71,7 @@ def run(quick: bool, batches: list[int], reps: int, out_dir=None) -> list[dict]:
         images = torch.randn(batch, base.in_chans, *base.img_size, device=device, generator=generator)
         for encoder in ("dense", "sparse"):
             torch.manual_seed(0)
-            model = InfMAE(dataclasses.replace(base, encoder=encoder, kernels="auto")).to(device)
+            model = InfMAE(dataclasses.replace(base, encoder=encoder, kernels=kernels)).to(device)
             steps[encoder] = _step(model, images, autocast)
             losses[encoder] = float(steps[encoder]().detach())
             flops[encoder] = executed_flops(steps[encoder])
@@ -74,9 +87,14 @@ def run(quick: bool, batches: list[int], reps: int, out_dir=None) -> list[dict]:
             "dense_gflops": round(flops["dense"] / 1e9, 3),
             "sparse_gflops": round(flops["sparse"] / 1e9, 3),
             "flops_ratio": round(flops["sparse"] / flops["dense"], 4),
+            # the analytical counts (infmae/model/flops.py, x3 for forward+backward) next to the counted ones
+            "model_gflops_per_image": round(3 * model.flops_per_image() / 1e9, 3),
+            "sparse_executed_gflops_per_image": round(3 * model.executed_flops_per_image() / 1e9, 3),
             "loss": losses["dense"],
         }
         rows.append(row)
+        if on_row:
+            on_row(row)
         log.info(
             "B=%d dense %.1f ms, sparse %.1f ms (%.2fx); executed FLOPs sparse/dense %.3f",
             batch,
@@ -85,11 +103,12 @@ def run(quick: bool, batches: list[int], reps: int, out_dir=None) -> list[dict]:
             row["speedup"],
             row["flops_ratio"],
         )
-    env = environment(device)
-    env.update({"quick": quick, "reps": reps, "model": "demo" if quick else "paper_base"})
-    kwargs = {} if out_dir is None else {"folder": out_dir}
-    paths = write_results("bench_sparse_quick" if quick else "bench_sparse", rows, env, **kwargs)
-    log.info("wrote %s", ", ".join(map(str, paths)))
+    if write:
+        env = environment(device)
+        env.update({"quick": quick, "reps": reps, "model": "demo" if quick else "paper_base", "kernels": kernels})
+        kwargs = {} if out_dir is None else {"folder": out_dir}
+        paths = write_results("bench_sparse_quick" if quick else "bench_sparse", rows, env, **kwargs)
+        log.info("wrote %s", ", ".join(map(str, paths)))
     return rows
 
 
@@ -98,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="demo model, small batches (CPU smoke run)")
     parser.add_argument("--batches", type=int, nargs="+", default=None)
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--kernels", default="auto", choices=["auto", "triton", "reference"])
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     batches = args.batches or ([4, 8, 16] if args.quick else [64, 128, 256])
-    run(args.quick, batches, args.reps)
+    run(args.quick, batches, args.reps, args.out, args.kernels)
     return 0
 
 

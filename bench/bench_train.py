@@ -1,7 +1,13 @@
-"""Training throughput: images/s and MFU of (a) the eager reference model in plain PyTorch (bf16 autocast
-on GPU, reference kernels, dense encoder, foreach AdamW) and (b) the engine (Triton kernels where they
-run, the sparse encoder where there is one, per-block torch.compile, fused AdamW), side by side in one
-run, at several batch sizes, on two inputs:
+"""Training throughput: images/s, MFU and executed-FLOP utilisation of the training step, side by side in
+one run, at several batch sizes, for these variants:
+
+- ``reference``: the eager reference model in plain PyTorch (bf16 autocast on GPU, reference kernels,
+  dense encoder, foreach AdamW);
+- ``engine``: Triton kernels where they run, the sparse encoder, per-block ``torch.compile`` (as
+  ``train.compile``: ``infmae.training.parallel.apply_compile``), fused AdamW;
+- ``engine_nocompile``: the engine without ``torch.compile`` (what the compile adds);
+
+on two inputs:
 
 - ``synthetic``: one fixed on-device batch (compute only: no data loading);
 - ``dali``: real images through the DALI loader (``--data``: a folder, pack or curate manifest; by
@@ -9,11 +15,19 @@ run, at several batch sizes, on two inputs:
   the images/s show whether the input keeps up with the step (compare with the ``synthetic`` row).
 
     python -m bench.bench_train                      # GPU: 224 px base model, B = 64, 128, 256
-    python -m bench.bench_train --input synthetic    # compute only
+    python -m bench.bench_train --input synthetic --variants reference,engine,engine_nocompile
     python -m bench.bench_train --quick              # CPU smoke run: demo-size model, tiny batches
 
-MFU counts the model's dense-equivalent FLOPs (3x forward per image) against the bf16 dense peak table
-of the trainer (A100 312, H100 989 TFLOP/s; n/a elsewhere). Results: bench/results/bench_train_*.{json,csv}.
+Compiles: dynamo is reset for every (variant, batch size), so earlier shapes cannot use up the recompile
+limit; hitting the limit, a graph break in a compiled block, or any compile while the step is timed
+stops that variant with an error (``bench.harness.CompileWatch``) instead of timing a step that runs
+partly eagerly. The row records the compiled graphs and the first (compiling) step's time.
+
+Two utilisations against the bf16 dense peak (``infmae.training.metrics.HARDWARE_PEAKS``; n/a on a
+CPU or an unknown board): ``mfu`` counts the model's dense-equivalent FLOPs (3x the forward per image,
+the same for every variant: the number to compare across engines), ``executed_flop_utilization`` the
+FLOPs this variant executes (the sparse encoder skips the masked tiles: 43.6 of 79.7 GFLOP per image at
+224 px), which says how busy the device is. Results: bench/results/bench_train_*.{json,csv} (or ``--out``).
 The loader alone (no model) is measured by ``bench/bench_data.py``.
 """
 
@@ -21,27 +35,43 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import itertools
 import logging
 import os
+import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-from bench.harness import environment, time_ms, write_results
+from bench.harness import (
+    COMPILE_ERRORS,
+    CompileFallback,
+    CompileWatch,
+    environment,
+    peak_tflops,
+    time_ms,
+    write_results,
+)
 from infmae.config import ModelConfig, TrainConfig, preset
 from infmae.model.infmae import InfMAE
 from infmae.training.optim import build_optimizer
-from infmae.training.parallel import parallelize
-from infmae.training.trainer import peak_tflops
+from infmae.training.parallel import apply_compile, parallelize
+from kernels import host_sync_guards_off
 
 log = logging.getLogger("bench_train")
 
+VARIANTS = ("reference", "engine", "engine_nocompile")
+
 
 def _model_config(base: ModelConfig, engine: bool) -> ModelConfig:
+    """The reference: twin kernels, dense encoder. The engine: the Triton kernels (``auto``: where CUDA is;
+    ``triton`` under the CPU interpreter, so a dry run runs them too) and the sparse encoder."""
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    changes = {"kernels": "auto" if engine else "reference"}
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1" and not torch.cuda.is_available()
+    changes = {"kernels": ("triton" if interpreted else "auto") if engine else "reference"}
     if "encoder" in fields:  # the sparse encoder, where this tree has it
         changes["encoder"] = "sparse" if engine else "dense"
     return dataclasses.replace(base, **changes)
@@ -78,12 +108,22 @@ def dali_images(data: Path, model_config: ModelConfig, batch: int, device: torch
     return lambda: next(stream)
 
 
-def build_step(model_config: ModelConfig, engine: bool, device: torch.device, batch: int, next_images=None):
-    """-> (model, step): one training step on a fixed synthetic batch, or on ``next_images()`` per step."""
+def build_step(
+    model_config: ModelConfig,
+    engine: bool,
+    device: torch.device,
+    batch: int,
+    next_images=None,
+    compile_backend: str | None = None,
+):
+    """-> (model, step): one training step on a fixed synthetic batch, or on ``next_images()`` per step.
+    ``compile_backend``: compile each block with it (the trainer's ``train.compile`` uses inductor)."""
     torch.manual_seed(0)
     model = InfMAE(model_config).to(device)
-    train = TrainConfig(compile=engine and device.type == "cuda")
-    model = parallelize(model, train, None, device)
+    train = TrainConfig()
+    model = parallelize(model, dataclasses.replace(train, compile=False), None, device)
+    if compile_backend:
+        apply_compile(model, backend=compile_backend)  # what parallelize does for train.compile=true
     if device.type == "cuda" and not engine:  # the reference: plain foreach AdamW
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, foreach=True)
     else:
@@ -103,12 +143,149 @@ def build_step(model_config: ModelConfig, engine: bool, device: torch.device, ba
     return model, step
 
 
+def measure(
+    variant: str,
+    base: ModelConfig,
+    device: torch.device,
+    batch: int,
+    reps: int,
+    warmup: int,
+    compile_backend: str | None,
+    source: str = "synthetic",
+    make_next_images: Callable[[ModelConfig], Callable] | None = None,
+) -> dict:
+    """One (variant, input, batch size): a fresh dynamo cache, the first step (compiles), ``warmup`` steps,
+    then ``reps`` timed steps in which nothing may compile -> the result row. Raises ``CompileFallback``
+    when the compiled step would not be the compiled code's."""
+    engine = variant != "reference"
+    config = _model_config(base, engine=engine)
+    backend = compile_backend if variant == "engine" else None
+    with CompileWatch(f"bench_train {variant} B={batch}") as watch, host_sync_guards_off():
+        next_images = make_next_images(config) if make_next_images else None
+        model, step = build_step(config, engine, device, batch, next_images, backend)
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        first_step_s = time.perf_counter() - start
+        for _ in range(warmup):
+            step()
+        with watch.timing():  # an error if anything compiles, recompiles or hits the recompile limit here
+            timing = time_ms(step, device, warmup=0, reps=reps)
+        compile_stats = watch.stats()
+        model_flops = 3 * model.flops_per_image()
+        executed_flops = 3 * model.executed_flops_per_image()
+    img_per_s = batch / (timing["median_ms"] / 1e3)
+    peak = peak_tflops(device)
+    row = {
+        "variant": variant,
+        "input": source,
+        "batch": batch,
+        "img_size": "x".join(map(str, config.img_size)),
+        "kernels": config.kernels,
+        "encoder": getattr(config, "encoder", "dense"),
+        "compiled": backend or "no",
+        "img_per_s": img_per_s,
+        "ms_per_step": timing["median_ms"],
+        "model_gflops_per_image": model_flops / 1e9,
+        "executed_gflops_per_image": executed_flops / 1e9,
+        "tflops_per_s": model_flops * img_per_s / 1e12,
+        "executed_tflops_per_s": executed_flops * img_per_s / 1e12,
+        "mfu": model_flops * img_per_s / 1e12 / peak if peak else None,
+        "executed_flop_utilization": executed_flops * img_per_s / 1e12 / peak if peak else None,
+        "first_step_s": first_step_s,
+        **compile_stats,
+        **timing,
+    }
+    if device.type == "cuda":
+        row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        torch.cuda.reset_peak_memory_stats(device)
+    return row
+
+
+def _release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _log_row(row: dict) -> None:
+    if "error" in row:
+        log.error("%-9s B=%4d %-9s FAILED: %s", row["input"], row["batch"], row["variant"], row["error"])
+        return
+
+    def pct(value):
+        return "n/a" if value is None else f"{value:.1%}"
+
+    log.info(
+        "%-9s B=%4d %-9s %8.1f img/s  %.1f TFLOP/s  MFU %s  executed-FLOP util %s%s",
+        row["input"],
+        row["batch"],
+        row["variant"],
+        row["img_per_s"],
+        row["tflops_per_s"],
+        pct(row["mfu"]),
+        pct(row["executed_flop_utilization"]),
+        f"  {row['variant']}/reference {row['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in row else "",
+    )
+
+
+def run(
+    base: ModelConfig,
+    batches: list[int],
+    variants: list[str],
+    inputs: list[str],
+    device: torch.device,
+    reps: int,
+    warmup: int,
+    compile_backend: str | None,
+    data: Path | None = None,
+    threads: int = 1,
+    on_row: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Every (input, batch size, variant) -> rows; a variant that fails (out of memory, a compile fallback)
+    gets a row with ``error`` and the others go on. ``on_row`` sees each row as it is made. Put
+    ``reference`` first in ``variants``: the others' ``speedup_vs_reference`` needs it."""
+    rows = []
+    for source, batch in itertools.product(inputs, batches):
+        reference = None
+
+        def next_images_for(config, batch=batch, source=source):
+            return None if source == "synthetic" else dali_images(data, config, batch, device, threads)
+
+        for variant in variants:  # each row is handed on as soon as it is measured (a time limit keeps it)
+            try:
+                row = measure(variant, base, device, batch, reps, warmup, compile_backend, source, next_images_for)
+            except (torch.OutOfMemoryError, CompileFallback, *COMPILE_ERRORS) as error:
+                kind = "out of memory" if isinstance(error, torch.OutOfMemoryError) else "compile fallback"
+                row = {"variant": variant, "input": source, "batch": batch, "error": f"{kind}: {error}"[:800]}
+            finally:
+                _release(device)
+            if variant == "reference" and "error" not in row:
+                reference = row
+            elif reference is not None and "error" not in row:
+                row["speedup_vs_reference"] = row["img_per_s"] / reference["img_per_s"]
+            _log_row(row)
+            rows.append(row)
+            if on_row:
+                on_row(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", default=None, help="comma-separated (default 64,128,256; --quick 4,8)")
     parser.add_argument("--quick", action="store_true", help="the demo model at small batches (CPU smoke run)")
     parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--variants", default="reference,engine", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--backend",
+        default=None,
+        help="torch.compile backend of the engine (default: inductor on a GPU; on a CPU no compile unless given, "
+        "e.g. aot_eager)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only, write no result files")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     parser.add_argument("--input", default="synthetic,dali", help="comma-separated: synthetic, dali")
     parser.add_argument(
         "--data",
@@ -123,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     base = preset("demo").model if args.quick else ModelConfig()
     sizes = [int(b) for b in (args.batch_sizes or ("4,8" if args.quick else "64,128,256")).split(",")]
     reps = args.reps or (5 if args.quick or device.type == "cpu" else 20)
-    peak = peak_tflops(device)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if set(variants) - set(VARIANTS):
+        parser.error(f"--variants: expected some of {', '.join(VARIANTS)}, got {sorted(set(variants) - set(VARIANTS))}")
+    backend = args.backend or ("inductor" if device.type == "cuda" else None)
     env = environment(device)
     inputs = [name.strip() for name in args.input.split(",") if name.strip()]
     unknown = set(inputs) - {"synthetic", "dali"}
@@ -142,66 +322,13 @@ def main(argv: list[str] | None = None) -> int:
             from bench.bench_data import make_data
 
             _, args.data, _ = make_data(Path("/tmp/bench_train_data"), count=max(4 * max(sizes), 64), wide=0)
-    env["inputs"] = inputs
-    env["data"] = str(args.data) if "dali" in inputs else None
-    rows = []
-    for source, batch in itertools.product(inputs, sizes):
-        row_pair = {}
-        for variant in ("reference", "engine"):
-            config = _model_config(base, engine=variant == "engine")
-            try:
-                next_images = (
-                    None if source == "synthetic" else dali_images(args.data, config, batch, device, args.threads)
-                )
-                model, step = build_step(config, variant == "engine", device, batch, next_images)
-                flops = 3 * model.flops_per_image() if hasattr(model, "flops_per_image") else None
-                timing = time_ms(step, device, warmup=1 if args.quick else 10, reps=reps)
-            except torch.OutOfMemoryError:
-                log.warning("%s B=%d: out of memory", variant, batch)
-                model = step = next_images = None  # free this variant's memory before the next one
-                torch.cuda.empty_cache()
-                continue
-            img_per_s = batch / (timing["median_ms"] / 1e3)
-            tflops = flops * img_per_s / 1e12 if flops else None
-            row = {
-                "variant": variant,
-                "input": source,
-                "batch": batch,
-                "img_size": "x".join(map(str, config.img_size)),
-                "kernels": config.kernels,
-                "encoder": getattr(config, "encoder", "dense"),
-                "img_per_s": img_per_s,
-                "tflops_per_s": tflops,
-                "mfu": tflops / peak if peak and tflops else None,
-                **timing,
-            }
-            if device.type == "cuda":
-                row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-                torch.cuda.reset_peak_memory_stats(device)
-            rows.append(row)
-            row_pair[variant] = row
-            del model, step, next_images
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        if len(row_pair) == 2:
-            ratio = row_pair["engine"]["img_per_s"] / row_pair["reference"]["img_per_s"]
-            row_pair["engine"]["speedup_vs_reference"] = ratio
-        for row in row_pair.values():
-            mfu = "n/a" if row["mfu"] is None else f"{row['mfu']:.1%}"
-            log.info(
-                "%-9s B=%4d %-9s %8.1f img/s  %s TFLOP/s  MFU %s%s",
-                source,
-                batch,
-                row["variant"],
-                row["img_per_s"],
-                f"{row['tflops_per_s']:.1f}" if row["tflops_per_s"] else "n/a",
-                mfu,
-                f"  engine/reference {row['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in row else "",
-            )
+    env.update(inputs=inputs, data=str(args.data) if "dali" in inputs else None, compile_backend=backend)
+    warmup = 1 if args.quick else 10
+    rows = run(base, sizes, variants, inputs, device, reps, warmup, backend, args.data, args.threads)
     if not args.no_write:
-        paths = write_results("bench_train", rows, env)
+        paths = write_results("bench_train", rows, env, args.out or Path(__file__).parent / "results")
         log.info("wrote %s", ", ".join(map(str, paths)))
-    return 0
+    return 1 if any("error" in row for row in rows) else 0
 
 
 if __name__ == "__main__":

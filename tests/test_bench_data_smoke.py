@@ -7,6 +7,8 @@ import pytest
 from bench import bench_data
 
 
+@pytest.mark.dali
+@pytest.mark.slow
 def test_data_benchmark_smoke_run(tmp_path):
     pytest.importorskip("nvidia.dali", reason="DALI is installed by pip install -e '.[dali]' (CI installs it)")
     rows = bench_data.run(

@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
+
 from bench import bench_kernels
 from kernels.registry import REGISTRY
 
 
+@pytest.mark.slow
 def test_kernel_benchmark_smoke_run_covers_the_registry(tmp_path):
     rows = bench_kernels.run(smoke=True, compile_twin=False, out_dir=tmp_path, reps=1)
     assert set(REGISTRY) <= {row["op"] for row in rows}
@@ -50,10 +53,10 @@ def test_timing_runs_without_the_kernel_guards_and_restores_them():
 
     seen = []
     time_ms(
-        lambda: seen.append((kernels.tokens.CHECK_IDS, kernels.depthwise.CHECK_NEIGHBOURS)),
+        lambda: seen.append((kernels.HOST_SYNC_GUARDS.check_ids, kernels.HOST_SYNC_GUARDS.check_neighbours)),
         torch.device("cpu"),
         warmup=1,
         reps=2,
     )
     assert seen == [(False, False)] * 3
-    assert kernels.tokens.CHECK_IDS is True and kernels.depthwise.CHECK_NEIGHBOURS is True
+    assert kernels.HOST_SYNC_GUARDS.check_ids is True and kernels.HOST_SYNC_GUARDS.check_neighbours is True

@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from bench import bench_sparse
 
 
+@pytest.mark.slow
 def test_sparse_benchmark_smoke_run(tmp_path):
     [row] = bench_sparse.run(quick=True, batches=[2], reps=1, out_dir=tmp_path)
     assert row["dense_ms"] > 0 and row["sparse_ms"] > 0

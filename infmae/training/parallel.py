@@ -56,11 +56,12 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         blocks[i] = checkpoint_wrapper(blocks[i], preserve_rng_state=False)
 
 
-def apply_compile(model: nn.Module) -> None:
+def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
     """``torch.compile`` each block in place (``Module.compile``: parameter names unchanged). The
-    masking and gathers between blocks have data-dependent shapes and stay eager."""
+    masking and gathers between blocks have data-dependent shapes and stay eager. ``backend``: the
+    trainer's is inductor; the benchmarks' CPU dry run takes ``aot_eager`` (no code generation)."""
     for blocks, i in _blocks(model):
-        blocks[i].compile()
+        blocks[i].compile(backend=backend)
 
 
 def apply_fsdp(model: nn.Module, config: TrainConfig, mesh, device: torch.device) -> None:
