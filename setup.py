@@ -1,7 +1,7 @@
 """InfMAE engine. Extras pin the stacks we test on:
 
 pip install -e ".[cpu,dali,test]"  CPU (tests; Triton kernels under TRITON_INTERPRET=1, DALI in CPU mode)
-pip install -e ".[gpu]"         CUDA torch 2.13 + Triton 3.7.1
+pip install -e ".[gpu]"         CUDA torch 2.11-2.13 + Triton 3.6-3.7 (the GPU image's 2.11 + 3.6 included)
 pip install -e ".[gpu,dali]"    + NVIDIA DALI for CUDA 13 (never the PyPI packages `nvidia-dali` or `apex`)
 """
 
@@ -23,10 +23,13 @@ setup(
     extras_require={
         # the local +cpu wheel; a missing wheel fails fast instead of pulling the CUDA build
         "cpu": ["torch==2.13.0+cpu", "triton==3.7.1"],
-        "gpu": ["torch==2.13.0", "triton==3.7.1"],
+        # tested from torch 2.11 + Triton 3.6.0 (the lent GPU machines' image; bench/README.md) to 2.13 + 3.7.1
+        "gpu": ["torch>=2.11,<2.14", "triton>=3.6,<3.8"],
         # NVIDIA's wheel (CPU mode works without a GPU); the PyPI package `nvidia-dali` is a placeholder
         "dali": ["nvidia-dali-cuda130==2.4.0"],
-        "test": ["pytest>=8", "pytest-benchmark>=5", "ruff==0.17.5"],  # ruff: `ruff check . && ruff format --check .`
+        "plot": ["matplotlib>=3.7"],  # `infmae plot RUN`
+        # ruff: `ruff check . && ruff format --check .`; matplotlib: the plot test
+        "test": ["pytest>=8", "pytest-benchmark>=5", "ruff==0.17.5", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["infmae=infmae.cli:main"]},
 )

@@ -37,6 +37,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     config = apply_overrides(config, overrides)
     # under torchrun: join the process group (RANK, WORLD_SIZE, ...)
     info = init_distributed(config.train.device, timeout_s=config.train.collective_timeout_s)
+    fresh = not output.exists()
     setup_logging(output, rank=info.rank)
     trainer = None
     try:
@@ -58,17 +59,26 @@ def _pretrain(args: argparse.Namespace) -> int:
         log_failure(f"pretrain failed: {error}", error, output)
         return 1
     finally:
+        if trainer is None and fresh and info.rank == 0:  # a failed start leaves no half-made run folder
+            _forget_run_folder(output)
         teardown()
     if summary.stopped_by is not None:  # 128 + signal, as a shell reports a process the signal ended
         return 128 + summary.stopped_by
     log.info(
-        "done: %d steps, loss %.4f -> %.4f, checkpoint %s",
+        "done: step %d, loss %s -> %.4f, checkpoint %s",
         summary.steps,
-        summary.first_loss or float("nan"),
+        "n/a" if summary.first_loss is None else f"{summary.first_loss:.4f} (step {summary.first_step})",
         summary.last_loss or float("nan"),
         summary.checkpoint,
     )
     return 0
+
+
+def _forget_run_folder(output: Path) -> None:
+    import shutil
+
+    setup_logging()  # closes the handler of output/train.log
+    shutil.rmtree(output, ignore_errors=True)
 
 
 def _load_model(checkpoint_path: str):
@@ -92,6 +102,7 @@ def _load_model(checkpoint_path: str):
 
 def _visualize(args: argparse.Namespace) -> int:
     from infmae.data.preview import load_preview_batch
+    from infmae.training.evaluation import masked_errors
     from infmae.training.visualize import reconstruction_panels, save_grid
 
     setup_logging()
@@ -101,12 +112,14 @@ def _visualize(args: argparse.Namespace) -> int:
         raise SystemExit("visualize: expected at least one readable image, got none; see the warnings above")
     with torch.no_grad():
         out = model(images)
+    errors, _ = masked_errors(images, out.pred, out.mask, config.model.norm_pix_loss)
     panels = reconstruction_panels(images, out.pred, out.mask, config.data.mean, config.data.std)
-    path = save_grid(panels, args.output, max_rows=len(used))
+    labels = [f"{Path(name).name}\nMSE {float(e):.3f}" for name, e in zip(used, errors)]
+    path = save_grid(panels, args.output, max_rows=len(used), row_labels=labels)
     log.info(
         "wrote %s (rows: %s; columns: original | masked | reconstruction | reconstruction + visible)",
         path,
-        ", ".join(used),
+        ", ".join(f"{name} (masked MSE {float(e):.4f})" for name, e in zip(used, errors)),
     )
     return 0
 
@@ -114,7 +127,7 @@ def _visualize(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from infmae.model.convert import convert_in_chans, extract_model_state
     from infmae.model.infmae import encoder_state_dict
-    from infmae.training.checkpoint import load_checkpoint
+    from infmae.training.checkpoint import load_checkpoint, save_atomically
 
     setup_logging()
     state = extract_model_state(load_checkpoint(args.checkpoint))
@@ -127,10 +140,30 @@ def _export(args: argparse.Namespace) -> int:
             f"{args.checkpoint}, got none of its {len(state)} model tensors; is this an InfMAE checkpoint?"
         )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": encoder}, args.output)
+    save_atomically(Path(args.output), {"model": encoder})
     log.info(
         "wrote %s: %d encoder tensors, %d elements", args.output, len(encoder), sum(v.numel() for v in encoder.values())
     )
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from infmae.config_help import format_fields
+
+    config = apply_overrides(preset(args.preset), list(args.set or []))
+    if args.action == "fields":
+        print(format_fields(config))
+    else:
+        print(config.to_json())
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from infmae.training.plots import plot_run
+
+    setup_logging()
+    path = plot_run(args.run, args.output)
+    log.info("wrote %s", path)
     return 0
 
 
@@ -138,7 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infmae", description="InfMAE pretraining engine")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("pretrain", help="pretrain InfMAE (one process; torchrun for several)")
+    p = commands.add_parser(
+        "pretrain",
+        help="pretrain InfMAE (one process; torchrun for several)",
+        epilog="Every field that --set takes, with its type, default and meaning: infmae config fields "
+        "[--preset NAME]. The resolved configuration: infmae config show [--preset NAME] [--set ...].",
+    )
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="named configuration (default: demo)")
     p.add_argument("--data", default=None, help="image folder or manifest.csv (default: synthetic images)")
     p.add_argument("--output", default=None, help="run folder (default: runs/PRESET)")
@@ -153,6 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume=auto starts a new run when there is nothing to continue (for job scripts and requeues)",
     )
     p.set_defaults(func=_pretrain)
+
+    f = commands.add_parser("config", help="list the configuration fields, or show a resolved configuration")
+    f.add_argument("action", choices=("fields", "show"), help="fields: every field with its docs; show: JSON")
+    f.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="named configuration (demo)")
+    f.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
+    f.set_defaults(func=_config)
+
+    g = commands.add_parser("plot", help="draw a run's curves (loss, val loss, lr, img/s, data wait, MFU)")
+    g.add_argument("run", help="a run folder (its metrics.jsonl)")
+    g.add_argument("-o", "--output", default=None, help="PNG to write (default RUN/curves.png)")
+    g.set_defaults(func=_plot)
 
     v = commands.add_parser("visualize", help="original / masked / reconstruction grids for images")
     v.add_argument("checkpoint", help="a checkpoint file or a run folder")
@@ -170,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src", help="folder tree of images to curate")
     c.add_argument("-o", "--output", required=True, help="output folder (manifest.csv, report.md, scan.sqlite)")
     c.add_argument("--min-size", type=int, default=20, help="drop images whose both sides are under it, px (20)")
-    c.add_argument("--hamming", type=int, default=6, help="pHash Hamming distance of near-duplicates, 0-24 (6)")
+    c.add_argument(
+        "--hamming", type=int, default=6, help="pHash distance of candidate pairs, 0-24 (6); confirmed by content"
+    )
     c.add_argument("--anchor", choices=("largest", "entropy"), default="largest", help="which group member is kept")
     c.add_argument(
         "--sequence-aware",
@@ -178,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="frames named in order within a folder: keep a new key frame whenever the scene drifts",
     )
     c.add_argument("--workers", type=int, default=None, help="scan processes (default: every core)")
+    c.add_argument(
+        "--rescan",
+        action="store_true",
+        help="read every file again, replacing OUT/scan.sqlite (a damaged one is set aside and rebuilt anyway)",
+    )
 
     def _curate(args: argparse.Namespace) -> int:
         from infmae.curate.pipeline import run
@@ -191,9 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("src", help="image folder, or a curate manifest.csv (its kept rows)")
     k.add_argument("-o", "--output", required=True, help="pack folder to create")
     k.add_argument("--max-side", type=int, default=None, help="cap the longer side, px (lossy; default: lossless)")
+    k.add_argument(
+        "--min-size", type=int, default=20, help="leave out images whose both sides are under it, px (20; 0: none)"
+    )
     k.add_argument("--shard-mb", type=int, default=1024, help="shard size, MB (1024)")
     k.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
     k.add_argument("--data-root", default=None, help="for a manifest: the folder its paths start from")
+    k.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="for a manifest: accept rows whose path leads outside that folder (.., absolute paths)",
+    )
     k.add_argument(
         "--sixteen-bit-mode",
         default="percentile",
@@ -214,7 +278,7 @@ def _pack(args: argparse.Namespace) -> int:
     src = Path(args.src)
     if src.is_file() and src.suffix.lower() == ".csv":
         root = Path(args.data_root) if args.data_root else manifest_base(src)
-        files, _ = read_manifest(src)
+        files, _ = read_manifest(src, root=root, allow_outside_root=args.allow_outside_root)
     elif src.is_dir():
         root, files = src, scan_folder(src)
     else:
@@ -232,9 +296,10 @@ def _pack(args: argparse.Namespace) -> int:
         low=args.low,
         high=args.high,
         source=str(src),
+        min_size=args.min_size,
     )
     log.info(
-        "packed %d images into %s (%d skipped); train on it with --data %s",
+        "packed %d images into %s (%d left out, listed in its pack.json); train on it with --data %s",
         info["count"],
         args.output,
         len(info["skipped"]),

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +35,28 @@ def _require(cond: bool, field_name: str, value: Any, expected: str, hint: str) 
         _fail(field_name, value, expected, hint)
 
 
+def _field_default(spec: dataclasses.Field) -> Any:
+    if spec.default is not dataclasses.MISSING:
+        return spec.default
+    return spec.default_factory() if spec.default_factory is not dataclasses.MISSING else None
+
+
+def _require_finite(section: str, values: Any) -> None:
+    """Refuse inf, -inf and nan in any numeric field (or element of a tuple field): every comparison with
+    nan is False and inf passes ``> 0``, so the checks below would let them through to the run."""
+    for spec in dataclasses.fields(values):
+        value = getattr(values, spec.name)
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            key, default = f"{section}.{spec.name}", _field_default(spec)
+            shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else default
+            expected = "finite numbers" if items is value else "a finite number"
+            _fail(key, value, expected, f"inf and nan are not usable; e.g. {key}={shown} (the default)")
+
+
 @dataclass
 class ModelConfig:
-    """The InfMAE architecture (shared/README.md section 2). Defaults are `infmae_base`."""
+    """The InfMAE architecture (docs/specification.md, 'The model'). Defaults are `infmae_base`."""
 
     img_size: tuple[int, int] = (224, 224)
     """Training image (height, width) in pixels; both multiples of 16."""
@@ -50,8 +71,11 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     """Hidden width of every MLP relative to its block width."""
     decoder_embed_dim: int = 512
+    """Width of the decoder's tokens (the encoder's latent is projected to it by ``decoder_embed``)."""
     decoder_depth: int = 2
+    """ViT blocks in the decoder."""
     decoder_num_heads: int = 16
+    """Attention heads of the decoder's ViT blocks; must divide ``decoder_embed_dim``."""
     mask_stride: int = 4
     """IAM stride S: ranks 0, S, 2S, ... stay visible (S=4: 25 % visible)."""
     score: str = "intensity"
@@ -67,6 +91,7 @@ class ModelConfig:
     the same outputs at about half the training FLOPs; same parameters and state-dict keys)."""
 
     def __post_init__(self) -> None:
+        _require_finite("model", self)
         self.img_size = tuple(int(v) for v in self.img_size)  # type: ignore[assignment]
         self.embed_dims = tuple(int(v) for v in self.embed_dims)  # type: ignore[assignment]
         self.depths = tuple(int(v) for v in self.depths)  # type: ignore[assignment]
@@ -143,13 +168,17 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """The reference input pipeline (shared/README.md section 2.2)."""
+    """The reference input pipeline (docs/specification.md, 'Input pipeline')."""
 
     path: str = ""
     """A folder tree of images, a curated manifest.csv or a pack folder (``infmae pack``); empty: synthetic
     images written into the run."""
     manifest_root: str = ""
-    """The folder a manifest's relative paths start from (default: the manifest's own folder)."""
+    """The folder a manifest's relative paths start from (default: the source folder recorded in ``curate.json``
+    beside the manifest when there is one, else the manifest's own folder)."""
+    allow_outside_root: bool = False
+    """Accept manifest rows whose path leads outside the manifest's root (``..`` components, absolute paths,
+    links); by default such a row is an error, so a manifest cannot make a run read files elsewhere."""
     synthetic_count: int = 512
     """How many synthetic images to generate when ``path`` is empty."""
     scale: tuple[float, float] = (0.2, 1.0)
@@ -157,13 +186,17 @@ class DataConfig:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     """Random resized crop: range of the crop's aspect ratio (width / height)."""
     hflip_prob: float = 0.5
+    """Probability of a horizontal flip after the crop."""
     mean: float = 0.425
     """Normalisation mean, the same on every channel."""
     std: float = 0.2
+    """Normalisation standard deviation, the same on every channel."""
     sixteen_bit_mode: str = "percentile"
     """16-bit to [0,1]: 'percentile' (robust per-image range), 'minmax' or 'full' (divide by 65535)."""
     low_percentile: float = 0.5
+    """``percentile`` mode: the percentile of the whole image mapped to 0 (lower values clip to 0)."""
     high_percentile: float = 99.5
+    """``percentile`` mode: the percentile of the whole image mapped to 1 (higher values clip to 1)."""
     min_size: int = 20
     """Images whose both sides are under this many pixels are skipped (as in Inf30's curation)."""
     num_workers: int = 2
@@ -172,8 +205,14 @@ class DataConfig:
     """'reference' (PyTorch DataLoader, the specification) or 'dali' (NVIDIA DALI; GPU decode on CUDA)."""
     dali_threads: int = 4
     """DALI CPU threads (PNG/TIFF/BMP decoding and CPU operators)."""
+    val_fraction: float = 0.0
+    """Share of the images held out for validation (chosen by a hash of each path, so the split is stable
+    as a folder grows); 0: none, unless ``val_path`` is set."""
+    val_path: str = ""
+    """A separate validation folder, manifest or pack (``--val-data``); overrides ``val_fraction``."""
 
     def __post_init__(self) -> None:
+        _require_finite("data", self)
         self.scale = tuple(float(v) for v in self.scale)  # type: ignore[assignment]
         self.ratio = tuple(float(v) for v in self.ratio)  # type: ignore[assignment]
         _require(
@@ -216,18 +255,26 @@ class DataConfig:
             "'dali' needs pip install nvidia-dali-cuda130",
         )
         _require(self.dali_threads >= 1, "data.dali_threads", self.dali_threads, ">= 1", "e.g. 4")
+        _require(
+            0 <= self.val_fraction < 1,
+            "data.val_fraction",
+            self.val_fraction,
+            "a share in [0, 1)",
+            "e.g. 0.01 holds out 1 % of the images",
+        )
         _require(self.synthetic_count >= 1, "data.synthetic_count", self.synthetic_count, ">= 1", "e.g. 512")
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation and run bookkeeping (shared/README.md sections 2.3 and 5)."""
+    """Optimisation and run bookkeeping (docs/specification.md, 'Fidelity choices' and 'Trainer')."""
 
     batch_size: int = 256
     """Images per optimizer step on one device (global batch = batch_size * accum_steps * world size)."""
     accum_steps: int = 1
     """Micro-batches accumulated per optimizer step."""
     epochs: float = 400
+    """Passes over the training images (fractions allowed); the learning-rate schedule spans them all."""
     warmup_epochs: float = 40
     """Linear warmup length; then a half-cosine to ``min_lr``. Both are counted per iteration."""
     max_steps: int = 0
@@ -235,22 +282,30 @@ class TrainConfig:
     blr: float = 1.5e-4
     """Base learning rate; lr = blr * global_batch / 256."""
     min_lr: float = 0.0
+    """Learning rate at the end of the half-cosine."""
     weight_decay: float = 0.05
+    """Decoupled weight decay, on tensors with 2+ dims whose names do not end in ``.bias``."""
     betas: tuple[float, float] = (0.9, 0.95)
+    """Adam's (beta1, beta2)."""
     grad_clip: float = 0.0
     """Clip the global gradient norm to this value (0: no clipping, as released)."""
     seed: int = 0
+    """Seeds the initial weights, the epoch order and every crop and flip (so a resumed run repeats them)."""
     device: str = "auto"
     """'auto' (CUDA when there, else CPU), 'cpu' or 'cuda'."""
     precision: str = "bf16"
     """'bf16' autocast on GPU (CPU always runs fp32) or 'fp32'."""
     log_every: int = 20
+    """Write a progress line and a metrics.jsonl record every this many steps (and at the last step)."""
     checkpoint_every: int = 1000
     """Save a checkpoint every this many steps (and at the end)."""
     keep_last: int = 3
+    """How many of the newest checkpoints to keep; older ones are deleted after each save."""
     async_checkpoint: bool = False
     """Write checkpoints in a background thread from a host copy (training stalls only for the copy);
     ``latest`` still moves only once a checkpoint is complete."""
+    eval_every: int = 1000
+    """Evaluate on the validation images every this many steps (and at the end), when there are any."""
     visualize_every: int = 1000
     """Write a reconstruction grid every this many steps (and at the end); 0 only at the end."""
     parallel: str = "fsdp"
@@ -267,12 +322,16 @@ class TrainConfig:
     """'adamw' (torch, fused on CUDA), 'apex_adam' (apex FusedAdam) or 'apex_lamb' (apex FusedLAMB)."""
     tensorboard: bool = True
     """Write TensorBoard events to RUN/tensorboard when the `tensorboard` package is installed."""
+    cpu_threads: int = 0
+    """Compute threads of each training process on the CPU; 0: its share of the cores less one per
+    loader worker (unless OMP_NUM_THREADS is set), which keeps a busy machine from slowing it several-fold."""
     collective_timeout_s: float = 600.0
     """Under torchrun: how long a rank waits in a collective for the others before the job ends with a
     message naming the rank that fell behind (a hung or stopped rank). Allow for the longest checkpoint
     write and the first step's compilation."""
 
     def __post_init__(self) -> None:
+        _require_finite("train", self)
         self.betas = tuple(float(v) for v in self.betas)  # type: ignore[assignment]
         for name in ("batch_size", "accum_steps", "log_every", "checkpoint_every", "keep_last"):
             value = getattr(self, name)
@@ -305,6 +364,7 @@ class TrainConfig:
         _require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, ">= 0", "0 disables clipping")
         _require(self.device in DEVICES, "train.device", self.device, f"one of {DEVICES}", "'auto' picks CUDA if there")
         _require(self.precision in PRECISIONS, "train.precision", self.precision, f"one of {PRECISIONS}", "bf16")
+        _require(self.eval_every >= 1, "train.eval_every", self.eval_every, "an integer >= 1", "e.g. 1000")
         _require(self.visualize_every >= 0, "train.visualize_every", self.visualize_every, ">= 0", "0: at the end")
         _require(
             self.parallel in PARALLEL_MODES,
@@ -320,6 +380,7 @@ class TrainConfig:
             "an integer >= 1",
             "e.g. 2 ViT blocks per FSDP unit",
         )
+        _require(self.cpu_threads >= 0, "train.cpu_threads", self.cpu_threads, ">= 0", "0 picks a number per core")
         _require(
             self.collective_timeout_s > 0,
             "train.collective_timeout_s",
@@ -380,13 +441,14 @@ def _demo() -> Config:
             decoder_depth=1,
             decoder_num_heads=4,
         ),
-        data=DataConfig(synthetic_count=256, num_workers=2),
+        data=DataConfig(synthetic_count=256, num_workers=2, val_fraction=0.1),
         train=TrainConfig(
             batch_size=32,
-            epochs=40,
+            epochs=60,
             warmup_epochs=2,
             blr=1e-2,
             log_every=10,
+            eval_every=80,
             checkpoint_every=100,
             visualize_every=0,
             keep_last=2,
@@ -426,30 +488,40 @@ def preset(name: str) -> Config:
 # ---------------------------------------------------------------------------------------------
 # key=value overrides
 # ---------------------------------------------------------------------------------------------
-def _parse_value(text: str, current: Any, key: str) -> Any:
-    if isinstance(current, bool):
+def _parse_value(text: str, kind: Any, key: str, current: Any) -> Any:
+    """``text`` as the field's declared type ``kind`` (``float``, ``int``, ``bool``, ``str`` or a tuple of
+    them), not the type of its current value: ``train.epochs`` (a float) takes 2.5 although its default is
+    400; ``current`` only shows in the hint."""
+    if kind is bool:
         lowered = text.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"config: expected {key} true or false, got {text!r}; write e.g. {key}=true")
-    if isinstance(current, tuple):
+    if typing.get_origin(kind) is tuple:
+        element_kinds = typing.get_args(kind) or (str,)
         parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
-        return tuple(_parse_value(p, current[0] if current else 0.0, key) for p in parts)
+        example = ",".join(str(v) for v in current) if isinstance(current, tuple) else current
+        return tuple(
+            _parse_value(p, element_kinds[min(i, len(element_kinds) - 1)], key, example) for i, p in enumerate(parts)
+        )
     try:
-        if isinstance(current, int):
+        if kind is int:
             return int(text)
-        if isinstance(current, float):
+        if kind is float:
             return float(text)
     except ValueError:
-        kind = "an integer" if isinstance(current, int) else "a number"
-        raise ValueError(f"config: expected {key} {kind}, got {text!r}; e.g. {key}={current!r}") from None
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"config: expected {key} {what}, got {text!r}; e.g. {key}={current}") from None
     return text
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
-    """Apply ``section.field=value`` strings (e.g. ``train.blr=1e-3``), re-validating every section."""
+    """Apply ``section.field=value`` strings (e.g. ``train.blr=1e-3``), re-validating every section. Each
+    value is parsed as the field's declared type (see :func:`_parse_value`)."""
+    classes = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+    kinds = {section: typing.get_type_hints(cls) for section, cls in classes.items()}
     sections = {
         "model": dataclasses.asdict(config.model),
         "data": dataclasses.asdict(config.data),
@@ -465,10 +537,10 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
             close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
             if not close:  # also match the bare field name: 'blr' -> 'train.blr'
                 close = [v for v in valid if v.split(".")[1] == key.split(".")[-1]]
-            hint = f"did you mean {close[0]!r}?" if close else "see `infmae pretrain --help` for the fields"
+            hint = f"did you mean {close[0]!r}?" if close else "`infmae config fields` lists every field"
             raise ValueError(f"config: expected a known key, got {key!r}; {hint}")
         section, name = key.split(".")
-        sections[section][name] = _parse_value(text, sections[section][name], key)
+        sections[section][name] = _parse_value(text, kinds[section][name], key, sections[section][name])
     return Config(
         model=ModelConfig(**sections["model"]),
         data=DataConfig(**sections["data"]),

@@ -297,6 +297,7 @@ def test_damaged_distributed_checkpoints_are_refused_naming_the_file(tmp_path, d
 # ----------------------------------------------------------------------------------------------
 # resume falls back to the newest intact checkpoint
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "tensor_bytes", "missing"])
 def test_resume_falls_back_to_the_newest_intact_checkpoint_and_stays_exact(tmp_path, data, whole, damage, caplog):
     run = tmp_path / "run"
@@ -320,6 +321,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint_and_stays_exact(tmp_p
     assert same_weights(run, whole)
 
 
+@pytest.mark.slow
 def test_resume_with_only_damaged_checkpoints_is_an_error(tmp_path, data):
     run = tmp_path / "run"
     Trainer(tiny_config(data, max_steps=2), run).fit()
@@ -345,6 +347,7 @@ def test_resume_of_a_folder_without_a_checkpoint_is_an_error(tmp_path, capsys):
     assert "train.log but no checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_auto_starts_a_new_run_then_continues_it(tmp_path, data, whole):
     run = tmp_path / "run"
     first = Trainer(tiny_config(data, max_steps=4), run, resume="auto")
@@ -399,6 +402,7 @@ def test_disk_full_names_the_file_and_keeps_latest(tmp_path, monkeypatch):
     ]
 
 
+@pytest.mark.slow
 def test_disk_full_during_training_ends_in_one_line_also_in_train_log(tmp_path, data, monkeypatch, capsys):
     run = tmp_path / "run"
     real_save = torch.save
@@ -425,6 +429,7 @@ def test_disk_full_during_training_ends_in_one_line_also_in_train_log(tmp_path, 
     assert ckpt.latest_checkpoint(run).name == "step_00000002.pt"
 
 
+@pytest.mark.slow
 def test_a_killed_single_process_save_leaves_no_temporary_file_behind(tmp_path, data):
     run = tmp_path / "run"
     Trainer(tiny_config(data, max_steps=2), run).fit()

@@ -39,19 +39,23 @@ def short_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_demo_preset_trains_end_to_end(tmp_path):
-    """Bar 1: synthetic data written, loss at the end below 60 % of its first logged value, a run folder
+    """The demo trains: synthetic data written, loss at the end below 60 % of its first logged value, a run folder
     with config, metrics, checkpoint and a reconstruction PNG."""
     run = tmp_path / "demo"
     assert main(["pretrain", "--preset", "demo", "--output", str(run)]) == 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["step"] == records[-1]["total_steps"]
-    assert records[-1]["loss"] < 0.6 * records[0]["loss"], (records[0]["loss"], records[-1]["loss"])
+    steps = [r for r in records if "loss" in r]
+    assert steps[-1]["step"] == steps[-1]["total_steps"]
+    assert steps[-1]["loss"] < 0.6 * steps[0]["loss"], (steps[0]["loss"], steps[-1]["loss"])
+    held_out = [r for r in records if "val_loss" in r][-1]  # better than each image's visible mean, on new images
+    assert held_out["step"] == steps[-1]["step"] and held_out["val_loss"] < held_out["val_baseline_loss"], held_out
     assert json.loads((run / "config.json").read_text())["preset"] == "demo"
     assert ckpt.latest_checkpoint(run) is not None
     assert any((run / "synthetic_data").rglob("*.png"))
     pictures = sorted((run / "reconstructions").glob("*.png"))
     grid = np.asarray(Image.open(pictures[-1]))
     assert grid.ndim == 2 and grid.std() > 10  # an image with content, not a flat field
+    assert grid[:18, 150:].min() < 128 and grid[18:, :150].min() < 128  # labelled: column names, file names
 
 
 def test_export_writes_the_encoder_with_released_names(short_run, tmp_path):
@@ -76,7 +80,10 @@ def test_visualize_writes_a_grid_and_skips_unreadable_files(short_run, tmp_path)
     grid = np.asarray(Image.open(out))
     size = preset("demo").model.img_size[0]
     scale = -(-128 // size)
-    assert grid.shape == (3 * (size * scale + 2) + 2, 4 * (size * scale + 2) + 2)
+    header, labels = 18, 150  # the column names above, each row's file name and masked MSE on the left
+    assert grid.shape == (header + 3 * (size * scale + 2) + 2, labels + 4 * (size * scale + 2) + 2)
+    assert grid[:header, labels:].min() < 128  # the column names are drawn
+    assert grid[header:, :labels].min() < 128  # and the row labels
 
 
 def test_pretrain_reports_config_errors_without_a_traceback(tmp_path, capsys):

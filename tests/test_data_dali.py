@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.dali
 pytest.importorskip("nvidia.dali", reason="DALI is installed by pip install -e '.[dali]' (CI installs it)")
 
 from infmae.cli import main  # noqa: E402
@@ -175,6 +176,7 @@ def test_a_file_only_the_gpu_decoder_rejects_is_found_by_a_gpu_probe(synthetic, 
     assert [d for _, d in probed] == [None] * 3 + [0] * 3  # CPU first, then the GPU decoder
 
 
+@pytest.mark.slow
 def test_pretrain_with_dali_ends_with_the_skipped_count(tmp_path, caplog):
     out = tmp_path / "run"
     with caplog.at_level(logging.INFO):

@@ -167,7 +167,7 @@ def test_manifest_with_and_without_base(data_root, tmp_path):
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match=r"expected at least one readable image \(.png, .tif"):
         _dataset(tmp_path)
-    with pytest.raises(ValueError, match="expected a folder or a .csv manifest"):
+    with pytest.raises(ValueError, match="expected an image folder, a manifest .csv or a pack folder, got .*missing"):
         _dataset(tmp_path / "missing")
     write_image(tmp_path / "a.png", np.zeros((30, 30), np.uint8))
     with pytest.raises(ValueError, match="expected in_chans 1 or 3, got 2"):

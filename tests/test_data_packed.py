@@ -154,6 +154,7 @@ def test_reference_loader_on_a_pack_equals_the_files(tmp_path):
     assert len(batches) == len(on_pack) // 4 and all(not b.skipped for b in batches)
 
 
+@pytest.mark.slow
 def test_cli_pack_from_a_manifest_and_pretrain_reads_it(tmp_path):
     src = tmp_path / "src"
     generate_dataset(src, 10, seed=2, include_bad=False)

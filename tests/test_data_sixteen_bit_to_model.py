@@ -1,4 +1,4 @@
-"""Bar 8: a 16-bit frame whose counts span 7,000-9,000 reaches the model with its structure intact."""
+"""A 16-bit frame whose counts span 7,000-9,000 reaches the model with its structure intact."""
 
 import numpy as np
 import torch

@@ -11,8 +11,6 @@ from infmae.training.metrics import format_line
 from infmae.training.optim import build_optimizer
 from infmae.training.parallel import parallelize
 
-pytestmark = pytest.mark.distributed
-
 
 def test_new_train_fields_are_validated():
     config = apply_overrides(
@@ -121,6 +119,8 @@ def test_a_dcp_folder_is_listed_loaded_and_pruned_in_one_process(tmp_path):
     assert state["step"] == 3 and torch.equal(state["model"]["w"], torch.full((3,), 3.0))
 
 
+@pytest.mark.slow
+@pytest.mark.dali
 def test_bench_train_runs_both_variants_on_both_inputs(tmp_path, caplog):
     from bench import bench_train
     from infmae.data import generate_dataset

@@ -93,7 +93,7 @@ def data(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------------------
-# bars 1 and 4: 2 ranks vs 1 process; accumulation vs a larger batch; parameters equal across ranks
+# 2 ranks vs 1 process; accumulation vs a larger batch; parameters equal across ranks
 # ----------------------------------------------------------------------------------------------
 def _job_parallel(rank, data, out, parallel):
     runs = {"big": dict(batch_size=4, accum_steps=1), "accum": dict(batch_size=2, accum_steps=2)}
@@ -114,6 +114,7 @@ def single(data, tmp_path_factory):
     return losses(run), trainer.params_per_step, losses(run, "grad_norm")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["fsdp", "ddp"])
 def test_two_ranks_match_one_process_and_stay_identical(tmp_path, data, single, parallel):
     ref, ref_params, ref_norms = single
@@ -126,7 +127,7 @@ def test_two_ranks_match_one_process_and_stay_identical(tmp_path, data, single, 
         for step in range(STEPS):
             assert torch.equal(ranks[0][name][step], ranks[1][name][step]), (name, step)
 
-    # bar 1: 2 ranks x 4 images == 1 process x 8 images (the same 8 images per step)
+    # 2 ranks x 4 images == 1 process x 8 images (the same 8 images per step)
     two = losses(tmp_path / "big")
     assert len(ref) == len(two) == STEPS
     torch.testing.assert_close(
@@ -140,7 +141,7 @@ def test_two_ranks_match_one_process_and_stay_identical(tmp_path, data, single, 
         **tol("distributed_grad_norm"),
     )
 
-    # bar 4: 2 micro-batches of 2 == one batch of 4 (per rank)
+    # accumulation: 2 micro-batches of 2 == one batch of 4 (per rank)
     torch.testing.assert_close(
         torch.tensor(losses(tmp_path / "accum"), dtype=torch.float64),
         torch.tensor(two, dtype=torch.float64),
@@ -151,7 +152,7 @@ def test_two_ranks_match_one_process_and_stay_identical(tmp_path, data, single, 
 
 
 # ----------------------------------------------------------------------------------------------
-# bar 2: exact resume on 2 ranks; a rank killed during a save
+# exact resume on 2 ranks; a rank killed during a save
 # ----------------------------------------------------------------------------------------------
 # grad_clip exercises the sharded clipping path (a global norm over every rank's shards) on every step
 def _job_first_half(rank, data, out):
@@ -177,6 +178,7 @@ def _job_resume(rank, data, out):
     Trainer(tiny_config(data, grad_clip=0.5, max_steps=2 * STEPS), out / "killed", resume=True).fit()
 
 
+@pytest.mark.slow
 def test_resume_on_two_ranks_is_bit_exact_and_survives_a_killed_save(tmp_path, data):
     spawn(_job_first_half, data, tmp_path)
     first = ckpt.latest_checkpoint(tmp_path / "killed")
@@ -204,7 +206,7 @@ def test_resume_on_two_ranks_is_bit_exact_and_survives_a_killed_save(tmp_path, d
 
 
 # ----------------------------------------------------------------------------------------------
-# bar 2 with train.async_checkpoint: DCP writes in the background, on a gloo group of their own
+# exact resume with train.async_checkpoint: DCP writes in the background, on a gloo group of their own
 # ----------------------------------------------------------------------------------------------
 def _job_async_first_half(rank, data, out):
     Trainer(tiny_config(data, grad_clip=0.5, max_steps=2 * STEPS), out / "whole").fit()
@@ -237,6 +239,7 @@ def _job_async_resume(rank, data, out):
     ).fit()
 
 
+@pytest.mark.slow
 def test_async_saves_on_two_ranks_resume_exactly_and_survive_a_killed_write(tmp_path, data):
     spawn(_job_async_first_half, data, tmp_path)
     first = ckpt.latest_checkpoint(tmp_path / "async")

@@ -86,6 +86,7 @@ def test_parameter_groups_follow_the_release():
     assert decayed | not_decayed == trainable
 
 
+@pytest.mark.slow
 def test_resume_is_bit_exact(tmp_path, clean_data):
     steps = 6  # 20 images / batch 4 = 5 steps per epoch: the resume crosses an epoch boundary
     whole = tmp_path / "whole"
@@ -135,6 +136,7 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path, monkeypatch):
     assert ckpt.load_checkpoint(tmp_path)["step"] == 4
 
 
+@pytest.mark.slow
 def test_async_checkpoints_equal_sync_ones_and_resume_exactly(tmp_path, clean_data):
     steps = 4
     sync, background = tmp_path / "sync", tmp_path / "async"
@@ -191,6 +193,7 @@ def test_a_failed_async_save_raises_on_wait_and_keeps_the_previous_latest(tmp_pa
     ]
 
 
+@pytest.mark.slow
 def test_bad_files_are_reported_and_skipped_and_the_run_finishes(tmp_path, dirty_data, caplog):
     run = tmp_path / "run"
     trainer = Trainer(tiny_config(dirty_data, epochs=2, warmup_epochs=0), run)
@@ -240,11 +243,11 @@ def test_training_with_triton_kernels_drops_the_per_step_id_check(tmp_path, clea
     import kernels.depthwise
     import kernels.tokens
 
-    monkeypatch.setattr(kernels.tokens, "CHECK_IDS", True)
-    monkeypatch.setattr(kernels.depthwise, "CHECK_NEIGHBOURS", True)
+    monkeypatch.setattr(kernels.HOST_SYNC_GUARDS, "check_ids", True)
+    monkeypatch.setattr(kernels.HOST_SYNC_GUARDS, "check_neighbours", True)
     config = tiny_config(clean_data, max_steps=1)
     config.model = dataclasses.replace(config.model, kernels="triton")  # the interpreter runs them here
     trainer = Trainer(config, tmp_path / "run")
-    assert trainer.module.ops.name == "triton" and kernels.tokens.CHECK_IDS is False
-    assert kernels.depthwise.CHECK_NEIGHBOURS is False
+    assert trainer.module.ops.name == "triton" and kernels.HOST_SYNC_GUARDS.check_ids is False
+    assert kernels.HOST_SYNC_GUARDS.check_neighbours is False
     assert trainer.fit().steps == 1

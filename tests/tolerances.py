@@ -15,7 +15,7 @@ TOLERANCES = {
     # averaging the 768-channel conv's outputs vs one averaged filter: reassociation of 768*768 fp32 terms.
     ("official_score", torch.float32): (1e-5, 1e-4),
     # encoder of a 3->1 channel converted model: summing 3 channel weights first reorders fp32 adds
-    # inside the first conv; the difference then passes through ~15 layers (bar: 1e-5).
+    # inside the first conv; the difference then passes through ~15 layers (required: within 1e-5).
     ("in_chans_conversion", torch.float32): (1e-5, 1e-5),
     # gradient of the mask token: a sum over masked positions, in a different order than autograd's.
     ("token_restore_grad", torch.float32): (1e-5, 1e-6),

@@ -16,8 +16,8 @@ Two sources, one graph after the pixels exist:
   ``fn.decoders.image`` (``mixed`` on a GPU: JPEG on the GPU, PNG/TIFF/BMP on DALI's CPU threads; ``cpu``
   in CPU mode) to ``uint16`` (8-bit files become ``x * 257`` exactly, 16-bit files are bit-exact), as
   ``GRAY`` when every file is gray, else ``RGB`` (never ``ANY_DATA``, which crashes on gray JPEG). The
-  16-bit range is computed on the decoded image by :func:`infmae.data.mapping.image_range_torch`, on the
-  device the image is on.
+  16-bit ranges are computed on the decoded images by :func:`infmae.data.mapping.image_ranges_torch`, on the
+  device the images are on, with one device-to-host transfer per batch.
 - **packed** (a pack folder from ``infmae pack``): the compressed chunks are read from the memory-mapped
   shards and inflated by ``fn.decoders.inflate`` on the GPU (in CPU mode, by ``lz4`` in Python, since
   DALI's inflate is GPU-only); the raw little-endian bytes become ``uint16`` values by

@@ -11,7 +11,8 @@ Sources:
   columns are read and rows with ``status == "keep"`` are used. Paths are relative to ``base`` when it
   is given (the folder that was curated, i.e. curate's ``SRC`` / a ``--data-root``), else to the
   ``source`` recorded in ``curate.json`` beside the CSV (written by ``infmae curate``), else to the
-  CSV's own folder.
+  CSV's own folder. A kept row whose path leads outside that folder (``..`` components, an absolute
+  path) is an error naming the row, unless ``allow_outside_root`` (``data.allow_outside_root``).
 
 Every file's header is checked at construction (cheap: no pixel decode). Unreadable headers (empty
 files, non-images) and tiny images (both sides under ``min_size``) are dropped, logged as warnings and
@@ -29,6 +30,7 @@ skip them without a new decode attempt or warning (the substitution itself does 
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -42,7 +44,7 @@ from torch.utils.data import Dataset
 
 from .io import IMAGE_EXTENSIONS, ImageReadError, read_image, read_image_info
 from .mapping import SIXTEEN_BIT_MODES, apply_range, image_range
-from .packed import PackedReader, is_pack
+from .packed import PackedReader, is_pack, too_small_reason
 from .transforms import (
     DEFAULT_MEAN,
     DEFAULT_RATIO,
@@ -74,13 +76,38 @@ def scan_folder(root: Path) -> list[str]:
     return found
 
 
+def _escapes_root(root_abs: str, rel: str) -> str | None:
+    """Where ``rel`` leads when that is outside ``root_abs`` (an absolute, normalised folder), else None.
+
+    Lexical first (``os.path.normpath``: ``..`` components, absolute paths); a path with a ``..`` component
+    is also resolved (``os.path.realpath``), since ``link/..`` leaves through a link to a folder. Links
+    inside the root reached without ``..`` are followed: whoever can write the root chose them.
+    """
+    target = os.path.normpath(os.path.join(root_abs, rel))
+    if os.path.commonpath([root_abs, target]) != root_abs:
+        return target
+    if ".." in Path(rel).parts:
+        real_root, real_target = os.path.realpath(root_abs), os.path.realpath(os.path.join(root_abs, rel))
+        if os.path.commonpath([real_root, real_target]) != real_root:
+            return real_target
+    return None
+
+
 def read_manifest(
-    manifest: Path, kinds: list[tuple[int, int] | None] | None = None
+    manifest: Path,
+    kinds: list[tuple[int, int] | None] | None = None,
+    *,
+    root: str | os.PathLike | None = None,
+    allow_outside_root: bool = False,
 ) -> tuple[list[str], list[tuple[int, int] | None]]:
     """Rows of a curate manifest with ``status == "keep"``: (relative paths, (width, height) or None).
 
     ``kinds``, when given, receives ``(channels, bits)`` per kept row (None where the columns are empty).
+    ``root`` is the folder the paths are relative to (default :func:`manifest_base`). A kept row whose
+    path leads outside it (``../../x.png``, ``/etc/x.png``) raises ValueError naming the row, unless
+    ``allow_outside_root`` (``data.allow_outside_root``, ``infmae pack --allow-outside-root``).
     """
+    root_abs = os.path.abspath(manifest_base(manifest) if root is None else root)
     with open(manifest, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
@@ -92,12 +119,23 @@ def read_manifest(
             )
         paths: list[str] = []
         sizes: list[tuple[int, int] | None] = []
-        dropped_rows = 0
+        dropped_rows = outside = 0
         for row in reader:
             if (row.get("status") or "").strip() != "keep":
                 dropped_rows += 1
                 continue
-            paths.append(row["path"].strip())
+            rel = row["path"].strip()
+            target = _escapes_root(root_abs, rel)
+            if target is not None:
+                if not allow_outside_root:
+                    raise ValueError(
+                        f"manifest: expected the kept rows of {manifest} to stay inside their root {root_abs}, "
+                        f"got line {reader.line_num} with path {rel!r}, which leads to {target}; fix or drop the "
+                        "row, or, for a manifest you trust, set data.allow_outside_root=true "
+                        "(infmae pack: --allow-outside-root)"
+                    )
+                outside += 1
+            paths.append(rel)
             try:
                 sizes.append((int(row["width"]), int(row["height"])))
             except (KeyError, TypeError, ValueError):
@@ -107,8 +145,27 @@ def read_manifest(
                     kinds.append((int(row["channels"]), int(row["bits"])))
                 except (KeyError, TypeError, ValueError):
                     kinds.append(None)
+    if outside:
+        logger.warning(
+            "manifest %s: %d kept rows lead outside its root %s (allowed by allow_outside_root)",
+            manifest,
+            outside,
+            root_abs,
+        )
     logger.info("manifest %s: %d rows kept, %d rows not 'keep'", manifest, len(paths), dropped_rows)
     return paths, sizes
+
+
+def _what_is(path: Path) -> str:
+    if not path.exists():
+        return "no such file or folder"
+    return "a single image" if path.suffix.lower() in IMAGE_EXTENSIONS else "a file that is neither"
+
+
+def _data_path_hint(path: Path) -> str:
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        return f"point --data at the folder that holds it: --data {path.parent}"
+    return "check the data path"
 
 
 def manifest_base(manifest: Path) -> Path:
@@ -154,6 +211,8 @@ class ImageFolderDataset(Dataset):
         check_headers: read every file's header at construction (default True); with False a
             manifest's ``width``/``height`` columns are trusted and a folder is not filtered.
         max_substitutions: how many consecutive unreadable files to skip before raising.
+        allow_outside_root: accept manifest rows whose path leads outside the manifest's root (``..``,
+            absolute paths); by default the first such row raises ValueError (``data.allow_outside_root``).
     """
 
     def __init__(
@@ -174,6 +233,7 @@ class ImageFolderDataset(Dataset):
         base: str | os.PathLike | None = None,
         check_headers: bool = True,
         max_substitutions: int = 16,
+        allow_outside_root: bool = False,
     ):
         super().__init__()
         if len(img_size) != 2 or min(int(s) for s in img_size) <= 0:
@@ -201,6 +261,7 @@ class ImageFolderDataset(Dataset):
         self.min_size = int(min_size)
         self.max_substitutions = int(max_substitutions)
         self.epoch = 0
+        self.eval_view = False  # True: a fixed view per image (validation), see augment_params
         mean_c = channel_vector("ImageFolderDataset", "mean", mean, self.in_chans)
         std_c = channel_vector("ImageFolderDataset", "std", std, self.in_chans)
         # With per-channel statistics that differ, a gray file must be repeated before normalising.
@@ -213,7 +274,9 @@ class ImageFolderDataset(Dataset):
         listed_kinds: list[tuple[int, int] | None] = []
         if root.is_file() and root.suffix.lower() == ".csv":
             self.root_dir = Path(base) if base is not None else manifest_base(root)
-            candidates, listed_sizes = read_manifest(root, listed_kinds)
+            candidates, listed_sizes = read_manifest(
+                root, listed_kinds, root=self.root_dir, allow_outside_root=allow_outside_root
+            )
             source = f"manifest {root} (paths relative to {self.root_dir})"
         elif root.is_dir() and is_pack(root):
             if base is not None:
@@ -227,6 +290,11 @@ class ImageFolderDataset(Dataset):
             candidates = [e.path for e in entries]
             listed_sizes = [(e.width, e.height) for e in entries]
             listed_kinds = [(e.channels, e.bits) for e in entries]
+            # the source file's size decides "too small", as for files (a max_side cap only shrinks the copy)
+            source_sizes = [
+                (e.source_width, e.source_height) if e.source_width and e.source_height else (e.width, e.height)
+                for e in entries
+            ]
             check_headers = False  # the shards hold decoded pixels; their index is the header
             source = f"pack {root}"
         elif root.is_dir():
@@ -242,15 +310,21 @@ class ImageFolderDataset(Dataset):
             source = f"folder {root}"
         else:
             raise ValueError(
-                f"ImageFolderDataset: expected a folder or a .csv manifest, got {root!r} "
-                f"({'missing' if not root.exists() else 'not a folder or .csv'}); check the data path"
+                f"data: expected an image folder, a manifest .csv or a pack folder, got {root} "
+                f"({_what_is(root)}); {_data_path_hint(root)}"
             )
 
         self.paths: list[str] = []
         self.sizes: list[tuple[int, int] | None] = []  # (width, height) from the header or the manifest
         self.kinds: list[tuple[int, int] | None] = []  # (channels, bits) from the header, manifest or pack
-        self.dropped: list[tuple[str, str]] = []
-        for count, (rel, size, kind) in enumerate(zip(candidates, listed_sizes, listed_kinds)):
+        self.dropped: list[tuple[str, str]] = []  # (source path, reason)
+        if self.packed is None:
+            source_sizes = listed_sizes
+        else:
+            self._note_pack_skipped()
+        for count, (rel, size, kind, source_size) in enumerate(
+            zip(candidates, listed_sizes, listed_kinds, source_sizes)
+        ):
             if check_headers:
                 try:
                     info = read_image_info(self.root_dir / rel)
@@ -258,8 +332,9 @@ class ImageFolderDataset(Dataset):
                     self._drop(rel, f"unreadable: {exc.reason}")
                     continue
                 size, kind = (info.width, info.height), (info.channels, info.bits)
-            if size is not None and size[0] < self.min_size and size[1] < self.min_size:
-                self._drop(rel, f"too_small: {size[0]}x{size[1]} has both sides under {self.min_size} px")
+                source_size = size
+            if source_size is not None and source_size[0] < self.min_size and source_size[1] < self.min_size:
+                self._drop(rel, too_small_reason(source_size[0], source_size[1], self.min_size))
                 continue
             self.paths.append(rel)
             self.sizes.append(size)
@@ -270,7 +345,7 @@ class ImageFolderDataset(Dataset):
                 logger.info("scanned %d / %d files of %s", count + 1, len(candidates), source)
         if not self.paths:
             raise ValueError(
-                f"ImageFolderDataset: expected at least one readable image ({', '.join(IMAGE_EXTENSIONS)}, any case) "
+                f"data: expected at least one readable image ({', '.join(IMAGE_EXTENSIONS)}, any case) "
                 f"in {source}, got {len(candidates)} candidate files and {len(self.dropped)} dropped; "
                 "check the path and the files' extensions"
             )
@@ -279,9 +354,31 @@ class ImageFolderDataset(Dataset):
         self.pack_ids = pack_ids  # dataset position -> pack row (packs only)
 
     def _drop(self, rel: str, reason: str) -> None:
-        path = str(self.root_dir / rel)
+        path = str(self.root_dir / rel if self.packed is None else self.packed.source_path(rel))
         logger.warning("dropping %s: %s", path, reason)
         self.dropped.append((path, reason))
+
+    def _note_pack_skipped(self) -> None:
+        """Put the files ``infmae pack`` left out into :attr:`dropped`, under their source paths."""
+        assert self.packed is not None
+        left_out = self.packed.skipped
+        self.dropped.extend(left_out)
+        if left_out:
+            logger.warning(
+                "pack %s: %d source files were left out when it was written (unreadable or too small), "
+                "reported with the skipped files",
+                self.packed.root,
+                len(left_out),
+            )
+        if self.packed.min_size > self.min_size:
+            logger.warning(
+                "pack %s was written with --min-size %d, above min_size=%d: images with a side between the two "
+                "are not in it; re-pack with --min-size %d to train on them",
+                self.packed.root,
+                self.packed.min_size,
+                self.min_size,
+                self.min_size,
+            )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -298,6 +395,28 @@ class ImageFolderDataset(Dataset):
             )
         self.epoch = int(epoch)
 
+    def split_off(self, keep) -> ImageFolderDataset:
+        """Move the images whose relative path satisfies ``keep(path)`` into a new dataset in eval view
+        (validation) and return it; this dataset keeps the others. Both share the files and settings."""
+        chosen = [i for i, rel in enumerate(self.paths) if keep(rel)]
+        if not chosen or len(chosen) == len(self.paths):
+            raise ValueError(
+                f"data: expected a validation split that leaves images on both sides, got {len(chosen)} of "
+                f"{len(self.paths)} images; change data.val_fraction or pass --val-data"
+            )
+        held = copy.copy(self)
+        taken = set(chosen)
+        count = len(self.paths)  # before the loop shortens self.paths
+        for name in ("paths", "sizes", "kinds", "pack_ids"):
+            values = getattr(self, name)
+            if len(values) == count:
+                setattr(held, name, [values[i] for i in chosen])
+                setattr(self, name, [v for i, v in enumerate(values) if i not in taken])
+        held._unreadable = self._unreadable  # one registry: a file found unreadable is skipped on both sides
+        held.dropped = []
+        held.eval_view = True
+        return held
+
     @property
     def unreadable(self) -> dict[str, str]:
         """Files that failed to decode in this process (or were reported by a loader): path -> reason."""
@@ -312,6 +431,13 @@ class ImageFolderDataset(Dataset):
     def augment_params(self, index: int, height: int, width: int, epoch: int | None = None) -> AugmentParams:
         """The crop and flip of sample ``index`` on an ``height x width`` image, as ``__getitem__`` draws them
         (for another loader that must reproduce the reference samples)."""
+        if self.eval_view:  # the largest centred crop of the training aspect, no flip
+            target_h, target_w = self.img_size
+            crop_w = min(width, max(1, round(height * target_w / target_h)))
+            crop_h = min(height, max(1, round(width * target_h / target_w)))
+            return AugmentParams(
+                top=(height - crop_h) // 2, left=(width - crop_w) // 2, height=crop_h, width=crop_w, flip=False
+            )
         epoch = self.epoch if epoch is None else epoch
         generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
         return sample_augment(height, width, generator, self.scale, self.ratio, self.hflip_prob)

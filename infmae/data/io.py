@@ -40,7 +40,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import tempfile
+import threading
 import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,6 +239,29 @@ def _to_array(path: Path, img: Image.Image) -> np.ndarray:
     raise ImageReadError(path, f"unsupported Pillow mode {mode!r}")
 
 
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def _native_stderr_captured():
+    """Capture what native code writes to file descriptor 2 meanwhile: libtiff (inside Pillow) prints its
+    warnings and errors there ('tempfile.tif: Using code not yet in table.'), outside any log. Yields a
+    list that holds the captured text afterwards. One capture at a time per process (the lock), since
+    descriptor 2 is shared by every thread."""
+    captured: list[str] = []
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.append(sink.read().decode(errors="replace").strip())
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file at its true bit depth.
 
@@ -265,10 +292,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                     f"16-bit colour {img.format} (raw mode {raw_mode}) would be truncated to 8 bits "
                     "by Pillow; convert it to 16-bit grayscale",
                 )
+            native = _native_stderr_captured() if img.format in _TIFF_FORMATS else nullcontext([""])
             try:
-                img.load()
+                with native as said:
+                    img.load()
             except Exception as exc:  # noqa: BLE001 - truncated/corrupt body, decoder errors
-                raise ImageReadError(path, f"cannot decode pixels ({type(exc).__name__}: {exc})") from None
+                detail = f"; libtiff: {' '.join(said[0].split())}" if said and said[0] else ""
+                raise ImageReadError(path, f"cannot decode pixels ({type(exc).__name__}: {exc}{detail})") from None
+            if said and said[0]:
+                logger.debug("%s: libtiff said: %s", path, said[0])
             array = _to_array(path, img)
     if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageReadError(path, f"decoded to an empty or malformed array of shape {array.shape}")

@@ -25,12 +25,30 @@ logger = logging.getLogger(__name__)
 Sample = tuple[torch.Tensor, int, list[tuple[str, str]]]
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
 def ignore_stop_signals(worker_id: int) -> None:
     """Workers ignore Ctrl-C and the schedulers' stop signals (which reach every process of the job): the
     training process decides when to stop, and it needs their batches to finish its step. They end with
-    it, as DataLoader workers do."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+    it, as DataLoader workers do. They start with the signals blocked (``start_workers``), so one that
+    arrives before this runs is dropped here instead of killing the worker."""
+    for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def start_workers(loader: DataLoader):
+    """``iter(loader)`` with the stop signals blocked while its workers are forked: a worker inherits the
+    block until ``ignore_stop_signals`` runs (torch's own worker setup would let SIGTERM end it). This
+    process gets any signal that came meanwhile once the block is lifted."""
+    if not loader.num_workers:
+        return iter(loader)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def collate(samples: Sequence[Sample]) -> Batch:
@@ -177,7 +195,7 @@ class ReferenceLoader:
             generator=torch.Generator().manual_seed(self.seed + int(epoch)),
             worker_init_fn=ignore_stop_signals if self.num_workers else None,
         )
-        for batch in loader:
+        for batch in start_workers(loader):
             if batch.skipped:
                 new = [(p, r) for p, r in batch.skipped if p not in self._skipped]
                 self._skipped.update(batch.skipped)

@@ -11,7 +11,8 @@ format and bit depth reaches the GPU undecoded. The reference loader reads the s
 
 Layout of a pack folder::
 
-    pack.json         format, version, counts, chunk size, the mapping the ranges were computed with
+    pack.json         format, version, counts, chunk size, the mapping the ranges were computed with, the
+                      source ``root`` (absolute) and the files left out, ``skipped``: [relative path, reason]
     index.csv         one row per image (INDEX_COLUMNS), in the source's sorted order
     shard-00000.bin   concatenated compressed chunks
 
@@ -27,6 +28,12 @@ Packing is lossless unless ``max_side`` is given: then images whose longer side 
 (bicubic, antialiased, rounded) so that side equals ``max_side``. ``lo``/``hi`` are the image's range
 under the pack's mapping (:func:`infmae.data.mapping.image_range` on the stored pixels) so a loader with
 the same mapping need not compute it; 8-bit rows store ``0, 255``.
+
+Files that cannot be read (reason ``unreadable: ...``) and tiny images (width AND height under
+``min_size``, default 20 px, the rule of ``infmae curate`` and the folder dataset; reason ``too_small: ...``)
+are left out and listed in ``pack.json`` with the ``min_size`` used; a dataset opened on the pack reports
+them under their source paths (``root`` / path), so a run's ``skipped_files.tsv`` names the real files.
+Packs written before ``root`` was recorded load as packs with nothing skipped.
 
 The folder is written under a temporary name and renamed when complete: a pack is never half-written.
 """
@@ -81,7 +88,7 @@ def _lz4_block():
     try:
         import lz4.block
     except ImportError:
-        raise ImportError("packed data needs the lz4 package: pip install lz4 (or pip install -e '.[data]')") from None
+        raise ImportError("packed data needs the lz4 package (a core dependency): pip install lz4") from None
     return lz4.block
 
 
@@ -106,6 +113,8 @@ class PackedEntry:
     lo: float
     hi: float
     crc32: int | None = None  # of the compressed chunks; None: not stored (not checked)
+    source_height: int | None = None  # the source file's size, before max_side; None: not stored
+    source_width: int | None = None
 
     @property
     def nbytes(self) -> int:
@@ -151,14 +160,22 @@ def compress_image(array: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> tuple[i
     ]
 
 
-def _pack_one(job: tuple[str, str, int | None, int, str, float, float]) -> dict:
-    """Worker: read, cap, measure and compress one file; returns a row dict with its chunks, or an error."""
-    rel, path, max_side, chunk_bytes, mode, low, high = job
+def too_small_reason(width: int, height: int, min_size: int) -> str:
+    """The reason a dataset or a pack gives for an image whose both sides are under ``min_size``."""
+    return f"too_small: {width}x{height} has both sides under {min_size} px"
+
+
+def _pack_one(job: tuple[str, str, int | None, int, str, float, float, int]) -> dict:
+    """Worker: read, cap, measure and compress one file; returns a row dict with its chunks, or the reason
+    it is left out (``error``: ``unreadable: ...`` or ``too_small: ...``)."""
+    rel, path, max_side, chunk_bytes, mode, low, high, min_size = job
     try:
         array = read_image(path)
     except ImageReadError as exc:
-        return {"path": rel, "error": exc.reason}
+        return {"path": rel, "error": f"unreadable: {exc.reason}"}
     source_h, source_w = array.shape[:2]
+    if source_w < min_size and source_h < min_size:
+        return {"path": rel, "error": too_small_reason(source_w, source_h, min_size)}
     if max_side:
         array = cap_longer_side(array, max_side)
     lo, hi = image_range(array, mode, low, high)
@@ -191,6 +208,7 @@ def pack_dataset(
     low: float = 0.5,
     high: float = 99.5,
     source: str = "",
+    min_size: int = 20,
 ) -> dict:
     """Write a pack of ``files`` (paths relative to ``root``) to the folder ``out``.
 
@@ -204,9 +222,12 @@ def pack_dataset(
         workers: processes reading and compressing (default: all cores).
         sixteen_bit_mode, low, high: the mapping whose per-image range is stored (match the training config).
         source: a description of the source, recorded in ``pack.json``.
+        min_size: leave out images whose width AND height are both under it (``too_small``); 0 keeps all.
 
     Returns:
-        the ``pack.json`` dict, including ``skipped`` (path, reason) of the files that could not be read.
+        the ``pack.json`` dict, including ``skipped``: (relative path, reason) of the files left out,
+        unreadable (``unreadable: ...``) or too small (``too_small: ...``), and ``root``, the absolute
+        folder they are relative to.
     """
     out = Path(out)
     if out.exists():
@@ -217,6 +238,8 @@ def pack_dataset(
         raise ValueError(f"pack: expected sixteen_bit_mode in {SIXTEEN_BIT_MODES}, got {sixteen_bit_mode!r}")
     if not 1 <= chunk_bytes <= 1 << 24:
         raise ValueError(f"pack: expected 1 <= chunk_bytes <= 16 MiB (nvCOMP's LZ4 limit), got {chunk_bytes}")
+    if min_size < 0:
+        raise ValueError(f"pack: expected min_size >= 0, got {min_size}; e.g. --min-size 20 (0 keeps every image)")
     _lz4_block()
     root = Path(root)
     tmp = out.with_name(out.name + ".partial")
@@ -224,7 +247,7 @@ def pack_dataset(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     workers = workers or os.cpu_count() or 1
-    jobs = [(rel, str(root / rel), max_side, chunk_bytes, sixteen_bit_mode, low, high) for rel in files]
+    jobs = [(rel, str(root / rel), max_side, chunk_bytes, sixteen_bit_mode, low, high, min_size) for rel in files]
     shards: list[str] = []
     skipped: list[tuple[str, str]] = []
     raw_bytes = packed_bytes = 0
@@ -239,7 +262,7 @@ def pack_dataset(
         try:
             for done, row in enumerate(results, 1):
                 if "error" in row:
-                    logger.warning("pack: skipping unreadable %s: %s", root / row["path"], row["error"])
+                    logger.warning("pack: skipping %s: %s", root / row["path"], row["error"])
                     skipped.append((row["path"], row["error"]))
                     continue
                 if shard_handle is None or shard_fill >= shard_bytes:
@@ -286,7 +309,8 @@ def pack_dataset(
     if count == 0:
         shutil.rmtree(tmp)
         raise ValueError(
-            f"pack: expected at least one readable image among {len(jobs)} files in {root}; check the path"
+            f"pack: expected at least one readable image with a side of at least {min_size} px among {len(jobs)} "
+            f"files in {root}, got none; check the path (or lower --min-size)"
         )
     info = {
         "format": PACK_FORMAT,
@@ -299,7 +323,9 @@ def pack_dataset(
         "raw_bytes": raw_bytes,
         "packed_bytes": packed_bytes,
         "source": source or str(root),
+        "root": os.path.abspath(root),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "min_size": min_size,
         "skipped": skipped,
     }
     (tmp / "pack.json").write_text(json.dumps(info, indent=1))
@@ -354,6 +380,8 @@ class PackedReader:
                         lo=float(row["lo"]),
                         hi=float(row["hi"]),
                         crc32=int(row["crc32"]) if row.get("crc32") else None,
+                        source_height=int(row["source_height"]) if row.get("source_height") else None,
+                        source_width=int(row["source_width"]) if row.get("source_width") else None,
                     )
                 )
         if len(self.entries) != self.info["count"]:
@@ -365,6 +393,25 @@ class PackedReader:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def source_path(self, path: str) -> Path:
+        """The source file an index ``path`` was packed from (``root / path``); for a pack that did not
+        record its ``root`` (an older one), the path inside the pack."""
+        root = self.info.get("root")
+        return Path(root) / path if root else self.root / path
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """``(source path, reason)`` of the files ``infmae pack`` left out (unreadable or too small); empty
+        for a pack that did not record its ``root`` (an older one)."""
+        if not self.info.get("root"):
+            return []
+        return [(str(self.source_path(rel)), str(reason)) for rel, reason in self.info.get("skipped", [])]
+
+    @property
+    def min_size(self) -> int:
+        """The ``min_size`` the pack was written with (0 for an older pack: nothing was left out as small)."""
+        return int(self.info.get("min_size", 0))
 
     @property
     def mapping(self) -> tuple[str, float, float]:

@@ -220,6 +220,11 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def save_atomically(path: Path, obj) -> None:
+    """``torch.save`` to a temporary name, fsync, rename: the file is complete or absent, never half-written."""
+    _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
 def _point_latest(checkpoint: Path) -> None:
     """Move ``latest`` (beside the checkpoint) to name it, atomically."""
     name = checkpoint.name.encode()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,10 +30,11 @@ def format_eta(seconds: float) -> str:
 
 def format_line(record: dict) -> str:
     """One progress line. ``img/s`` is per device; with several ranks the total follows it. ``mfu``
-    is ``n/a`` on a device without a known peak (see trainer.PEAK_TFLOPS)."""
+    is ``n/a`` on a device without a known peak (see HARDWARE_PEAKS)."""
     rate = f"img/s {record['img_per_s']:.1f}"
     if record.get("world_size", 1) > 1:
-        rate += f"/gpu {record['img_per_s_total']:.1f} total"
+        per = "gpu" if record.get("device", "cuda") == "cuda" else "rank"
+        rate += f"/{per} {record['img_per_s_total']:.1f} total"
     mfu = record.get("mfu")
     return (
         f"step {record['step']}/{record['total_steps']} epoch {record['epoch']} "
@@ -55,6 +58,15 @@ class MetricsWriter:
                 if line.strip() and json.loads(line).get("step", 0) <= resume_step
             ]
             self.path.write_text("".join(line + "\n" for line in kept))
+
+    def first(self, key: str) -> tuple[int, float] | None:
+        """(step, value) of the run's first record holding ``key`` (the run's, not this session's)."""
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                record = json.loads(line) if line.strip() else {}
+                if record.get(key) is not None:
+                    return record["step"], record[key]
+        return None
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as handle:
@@ -92,6 +104,9 @@ class TensorBoard:
         "mfu",
         "data_wait_pct",
         "mem_gib",
+        "val_loss",
+        "val_baseline_loss",
+        "val_psnr",
     )
 
     def __init__(self, run_dir: str | Path, enabled: bool = True):
@@ -116,3 +131,42 @@ class TensorBoard:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# hardware peaks (MFU and % of memory bandwidth)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DevicePeaks:
+    """One board's datasheet peaks: dense bf16 matrix rate (no 2:4 sparsity) and HBM bandwidth."""
+
+    board: str
+    bf16_tflops: float
+    hbm_gbps: float
+
+
+# Matched against torch.cuda.get_device_name() (e.g. "NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3"),
+# most specific first, whole words, so a GH200 or an H800 is not taken for an H200 or an H100: an unknown
+# board reports n/a rather than a guess. The PCIe and NVL boards run at lower clocks than the SXM ones.
+HARDWARE_PEAKS: list[tuple[str, DevicePeaks]] = [
+    (r"\bA100\b.*\b80GB\b.*\bPCIe\b", DevicePeaks("A100 80GB PCIe", 312.0, 1935.0)),
+    (r"\bA100\b.*\b80GB\b", DevicePeaks("A100 80GB SXM", 312.0, 2039.0)),
+    (r"\bA100\b", DevicePeaks("A100 40GB", 312.0, 1555.0)),  # SXM4 and PCIe 40GB alike
+    (r"\bH100\b.*\bNVL\b", DevicePeaks("H100 NVL", 835.0, 3900.0)),
+    (r"\bH100\b.*\bPCIe\b", DevicePeaks("H100 PCIe", 756.0, 2000.0)),
+    (r"\bH100\b", DevicePeaks("H100 SXM", 989.0, 3350.0)),
+    (r"\bH200\b.*\bNVL\b", DevicePeaks("H200 NVL", 835.0, 4800.0)),
+    (r"\bH200\b", DevicePeaks("H200", 989.0, 4800.0)),
+]
+
+
+def peaks_for_name(name: str) -> DevicePeaks | None:
+    """The table entry for a CUDA device name, None for a board not in the table."""
+    return next((peaks for pattern, peaks in HARDWARE_PEAKS if re.search(pattern, name, re.IGNORECASE)), None)
+
+
+def device_peaks(device: torch.device) -> DevicePeaks | None:
+    """The table entry for ``device``; None on the CPU and on boards not in the table."""
+    if device.type != "cuda":
+        return None
+    return peaks_for_name(torch.cuda.get_device_name(device))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import time
 from contextlib import nullcontext
@@ -30,19 +31,22 @@ from infmae.data import ImageFolderDataset, ReferenceLoader, generate_dataset
 from infmae.model.infmae import InfMAE
 from infmae.training import checkpoint as ckpt
 from infmae.training.distributed import barrier, gather_dict, init_distributed
+from infmae.training.evaluation import Evaluator, in_validation_split
 from infmae.training.interrupts import GracefulStop, Heartbeat
-from infmae.training.metrics import MetricsWriter, TensorBoard, Throughput, format_line, peak_memory_gib
+from infmae.training.metrics import (
+    MetricsWriter,
+    TensorBoard,
+    Throughput,
+    device_peaks,
+    format_line,
+    peak_memory_gib,
+)
 from infmae.training.optim import build_optimizer, learning_rate, set_learning_rate
 from infmae.training.parallel import parallelize, unwrap
 from infmae.training.rng import rng_state, set_rng_state
 from infmae.training.visualize import reconstruction_panels, save_grid
 
 log = logging.getLogger(__name__)
-
-# bf16 dense peak TFLOP/s for MFU; an unknown device reports n/a rather than a guess
-# bf16 dense peaks by device name, the first key found in the name wins: the H100's PCIe and NVL boards run
-# at lower clocks than the SXM one
-PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "A100": 312.0, "H100": 989.0, "H200": 989.0}
 
 # train fields that may change between a run and its resumption without changing its results
 RESUME_MAY_CHANGE = {
@@ -52,6 +56,7 @@ RESUME_MAY_CHANGE = {
     "keep_last",
     "async_checkpoint",
     "visualize_every",
+    "eval_every",
     "device",
     "parallel",
     "fsdp_group",
@@ -60,6 +65,7 @@ RESUME_MAY_CHANGE = {
     "compile",
     "tensorboard",
     "collective_timeout_s",
+    "cpu_threads",
 }
 RESUME_MODES = ("never", "must", "auto")
 
@@ -68,6 +74,25 @@ def _is_timeout(error: BaseException) -> bool:
     """A collective that gave up waiting or lost a peer (gloo and NCCL word it differently)."""
     text = str(error).lower()
     return isinstance(error, getattr(dist, "DistBackendError", ())) or "timed out" in text or "timeout" in text
+
+
+def cpu_threads_for(cores: int, local_ranks: int, workers: int) -> int:
+    """Compute threads for one training process: its share of the cores, less one per loader worker
+    (each decodes on a core of its own). More threads than free cores make OpenMP's threads wait on each
+    other, and a busy machine then slows training several-fold."""
+    share = max(1, cores // max(1, local_ranks))
+    return max(1, share - workers)
+
+
+def set_cpu_threads(requested: int, workers: int) -> int:
+    """``torch.set_num_threads``: ``requested`` when > 0; else the automatic choice, unless the user (or
+    torchrun) set OMP_NUM_THREADS. -> the number in use."""
+    if requested > 0:
+        torch.set_num_threads(requested)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(cpu_threads_for(cores, int(os.environ.get("LOCAL_WORLD_SIZE", 1)), workers))
+    return torch.get_num_threads()
 
 
 def pick_device(choice: str) -> torch.device:
@@ -82,10 +107,9 @@ def pick_device(choice: str) -> torch.device:
 
 
 def peak_tflops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
+    """The bf16 dense peak of ``device`` for MFU (the one hardware table, in metrics); None: MFU n/a."""
+    peaks = device_peaks(device)
+    return peaks.bf16_tflops if peaks else None
 
 
 @dataclass
@@ -95,6 +119,8 @@ class RunSummary:
     last_loss: float | None
     checkpoint: Path | None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    first_step: int | None = None
+    """The step of ``first_loss``: the run's first logged step, also after a resume."""
     stopped_by: int | None = None
     """The signal that stopped the run early (SIGINT, SIGTERM, SIGUSR1), None when it ran to its end."""
 
@@ -128,8 +154,10 @@ class Trainer:
         barrier()  # every rank has looked for a checkpoint before rank 0 writes into the folder
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
-        # 1. device
+        # 1. device (and, on the CPU, as many compute threads as this process has cores to itself)
         self.device = pick_device(tc.device)
+        if self.device.type == "cpu":
+            set_cpu_threads(tc.cpu_threads, dc.num_workers)
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
             if self.device.type == "cuda" and tc.precision == "bf16"
@@ -137,23 +165,8 @@ class Trainer:
         )
 
         # 2. data: this rank's shard
-        data_root = Path(dc.path) if dc.path else self._synthetic_data()
-        self.dataset = ImageFolderDataset(
-            data_root,
-            img_size=mc.img_size,
-            in_chans=mc.in_chans,
-            seed=tc.seed,
-            scale=dc.scale,
-            ratio=dc.ratio,
-            hflip_prob=dc.hflip_prob,
-            mean=dc.mean,
-            std=dc.std,
-            sixteen_bit_mode=dc.sixteen_bit_mode,
-            low=dc.low_percentile,
-            high=dc.high_percentile,
-            min_size=dc.min_size,
-            base=dc.manifest_root or None,
-        )
+        self.dataset = self._dataset(Path(dc.path) if dc.path else self._synthetic_data())
+        self.val_dataset = self._validation_set()  # taken out of self.dataset when it is a split
         if dc.loader == "dali":
             from infmae.data.dali import DaliLoader
 
@@ -176,6 +189,11 @@ class Trainer:
                 world_size=self.world_size,
             )
         self.steps_per_epoch = self.loader.steps_per_epoch // tc.accum_steps
+        self.evaluator = (
+            Evaluator(self.val_dataset, tc.batch_size, dc.num_workers, self.rank, self.world_size)
+            if self.val_dataset is not None
+            else None
+        )
         if self.steps_per_epoch < 1:
             raise ValueError(
                 f"pretrain: expected at least one optimizer step per epoch, got "
@@ -233,6 +251,43 @@ class Trainer:
         barrier()
 
     # ------------------------------------------------------------------------------------------
+    def _dataset(self, root: Path) -> ImageFolderDataset:
+        dc, mc = self.config.data, self.config.model
+        return ImageFolderDataset(
+            root,
+            img_size=mc.img_size,
+            in_chans=mc.in_chans,
+            seed=self.config.train.seed,
+            scale=dc.scale,
+            ratio=dc.ratio,
+            hflip_prob=dc.hflip_prob,
+            mean=dc.mean,
+            std=dc.std,
+            sixteen_bit_mode=dc.sixteen_bit_mode,
+            low=dc.low_percentile,
+            high=dc.high_percentile,
+            min_size=dc.min_size,
+            base=dc.manifest_root or None,
+            allow_outside_root=dc.allow_outside_root,
+        )
+
+    def _validation_set(self) -> ImageFolderDataset | None:
+        dc = self.config.data
+        if dc.val_path:
+            held = self._dataset(Path(dc.val_path))
+            held.eval_view = True
+        elif dc.val_fraction > 0:
+            held = self.dataset.split_off(lambda path: in_validation_split(path, dc.val_fraction))
+        else:
+            return None
+        if len(held) < self.world_size:
+            raise ValueError(
+                f"data: expected at least one validation image per rank, got {len(held)} for {self.world_size} "
+                "ranks; raise data.val_fraction or add images to --val-data"
+            )
+        log.info("validation: %d held-out images (%s)", len(held), dc.val_path or f"{dc.val_fraction:.1%} split")
+        return held
+
     def _synthetic_data(self) -> Path:
         root = self.run_dir / "synthetic_data"
         done = root / ".complete"
@@ -440,8 +495,17 @@ class Trainer:
                     self.checkpointer.last.name if self.checkpointer.last else "none",
                     self.run_dir,
                 )
+        first_step, run_first = None, self.metrics.first("loss") if self.is_main else None
+        if run_first is not None:
+            first_step, first_loss = run_first  # the run's first logged loss, also after a resume
         return RunSummary(
-            self.step, first_loss, last_loss, self.checkpointer.last, sorted(self.skipped.items()), stopped_by
+            self.step,
+            first_loss,
+            last_loss,
+            self.checkpointer.last,
+            sorted(self.skipped.items()),
+            first_step=first_step,
+            stopped_by=stopped_by,
         )
 
     def _log_plan(self) -> None:
@@ -549,6 +613,7 @@ class Trainer:
                     "img_per_s": per_device,
                     "img_per_s_total": total_img_per_s,
                     "world_size": self.world_size,
+                    "device": self.device.type,
                     "tflops_per_s": achieved,
                     "mfu": achieved / peak if peak else None,
                     "data_wait_pct": wait_pct,
@@ -567,8 +632,10 @@ class Trainer:
                 losses_in_window = 0
                 meter.reset()
             finished = self.step == self.stop_step
-            if (tc.visualize_every and self.step % tc.visualize_every == 0 or finished) and self.is_main:
-                self.write_reconstructions(images, out)
+            if self.evaluator is not None and (self.step % tc.eval_every == 0 or finished):
+                self.evaluate()  # collective; also draws the held-out images' reconstructions
+            elif (tc.visualize_every and self.step % tc.visualize_every == 0 or finished) and self.is_main:
+                self.write_reconstructions(images, out, self._labels(self.dataset, batch.indices))
             if self.step % tc.checkpoint_every == 0 or finished:
                 self.save()
             if not finished and stop.agreed() is not None:  # collective: every rank stops after the same step
@@ -577,10 +644,43 @@ class Trainer:
                 break
         return first_loss, last_loss
 
-    def write_reconstructions(self, images: torch.Tensor, out) -> Path:
+    def evaluate(self):
+        """Held-out evaluation (collective): val_loss, val_baseline_loss and val_psnr into the log,
+        metrics.jsonl and TensorBoard; rank 0 draws the first validation batch. -> the Evaluation."""
+        dc, mc = self.config.data, self.config.model
+        result, first = self.evaluator.run(
+            self.model, self.device, mc.in_chans, self.autocast, dc.std, mc.norm_pix_loss
+        )
+        if self.is_main:
+            record = {"step": self.step, **result.record(), "time": time.time()}
+            self.metrics.write(record)
+            self.tensorboard.write(record)
+            psnr = "" if result.val_psnr is None else f", PSNR {result.val_psnr:.2f} dB"
+            log.info(
+                "eval step %d: val_loss %.4f (predicting each image's visible mean: %.4f%s) on %d held-out images",
+                self.step,
+                result.val_loss,
+                result.val_baseline_loss,
+                psnr,
+                result.images,
+            )
+            if first is not None:
+                batch, images, out, errors = first
+                self.write_reconstructions(images, out, self._labels(self.val_dataset, batch.indices, errors))
+        return result
+
+    @staticmethod
+    def _labels(dataset, indices: torch.Tensor, errors: torch.Tensor | None = None) -> list[str]:
+        """Row labels of a reconstruction grid: each image's file name (and its masked MSE)."""
+        names = [dataset.path(int(i)).name for i in indices]
+        if errors is None:
+            return names
+        return [f"{name}\nMSE {float(e):.3f}" for name, e in zip(names, errors)]
+
+    def write_reconstructions(self, images: torch.Tensor, out, labels: list[str] | None = None) -> Path:
         dc = self.config.data
         panels = reconstruction_panels(images.detach(), out.pred.detach(), out.mask, dc.mean, dc.std)
-        path = save_grid(panels, self.run_dir / "reconstructions" / f"step_{self.step:08d}.png")
+        path = save_grid(panels, self.run_dir / "reconstructions" / f"step_{self.step:08d}.png", row_labels=labels)
         log.info("wrote reconstructions %s", path)
         return path
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from infmae.model.patchify import unpatchify
 
@@ -31,20 +31,42 @@ def reconstruction_panels(
     return (panels.mean(dim=2) * std + mean).clamp(0, 1)
 
 
-def save_grid(panels_B4HW: torch.Tensor, path: str | Path, max_rows: int = 8, min_tile: int = 128) -> Path:
-    """Tile the panels (rows = images) with a 2-px white gutter, upscaled (nearest) so small images stay visible."""
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else "..." + text[-(width - 3) :]
+
+
+def save_grid(
+    panels_B4HW: torch.Tensor,
+    path: str | Path,
+    max_rows: int = 8,
+    min_tile: int = 128,
+    row_labels: list[str] | None = None,
+) -> Path:
+    """Tile the panels (rows = images) with a 2-px white gutter, upscaled (nearest) so small images stay
+    visible, under a header naming the columns; ``row_labels`` (e.g. file name and masked MSE, lines
+    split by newlines) are written left of each row."""
     panels = panels_B4HW[:max_rows].cpu()
     rows, cols, H, W = panels.shape
     scale = max(1, -(-min_tile // max(H, W)))
     tiles = panels.repeat_interleave(scale, 2).repeat_interleave(scale, 3).numpy()
-    gutter = 2
+    gutter, header, line = 2, 18, 12
+    label_width = 150 if row_labels else 0
     h, w = H * scale, W * scale
-    canvas = np.ones((rows * (h + gutter) + gutter, cols * (w + gutter) + gutter), dtype=np.float32)
+    canvas = np.ones((header + rows * (h + gutter) + gutter, label_width + cols * (w + gutter) + gutter), np.float32)
     for r in range(rows):
         for c in range(cols):
-            top, left = gutter + r * (h + gutter), gutter + c * (w + gutter)
+            top, left = header + gutter + r * (h + gutter), label_width + gutter + c * (w + gutter)
             canvas[top : top + h, left : left + w] = tiles[r, c]
+    image = Image.fromarray(np.round(canvas * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    for c, name in enumerate(COLUMNS):
+        draw.text((label_width + gutter + c * (w + gutter) + 2, 3), _shorten(name, w // 6), fill=0, font=font)
+    for r, label in enumerate((row_labels or [])[:rows]):
+        top = header + gutter + r * (h + gutter) + 2
+        for k, text in enumerate(label.split("\n")):
+            draw.text((3, top + k * line), _shorten(text, label_width // 6), fill=0, font=font)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.round(canvas * 255).astype(np.uint8)).save(path)
+    image.save(path)
     return path
