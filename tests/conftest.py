@@ -1,6 +1,7 @@
 """Test setup. TRITON_INTERPRET must be set before any Triton kernel is defined, so it is set here,
 at import time, before the test modules import ``kernels``."""
 
+import logging
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -39,3 +40,14 @@ def kernel_default_device(request):
 def generator(request):
     device = KERNEL_DEVICE if _on_kernel_device(request) else "cpu"
     return torch.Generator(device=device).manual_seed(1234)
+
+
+@pytest.fixture(autouse=True)
+def no_cli_log_handlers():
+    """``infmae.cli.main`` installs console handlers bound to the test's captured stderr (and a run's
+    train.log): drop them after each test, so no later test logs into a closed stream."""
+    yield
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_infmae", False)]:
+        root.removeHandler(handler)
+        handler.close()

@@ -50,16 +50,6 @@ def losses(run_dir):
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(autouse=True)
-def no_cli_log_handlers():
-    """``main`` installs console handlers bound to the captured stderr; drop them after each test."""
-    yield
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_infmae", False)]:
-        root.removeHandler(handler)
-        handler.close()
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt_data")

@@ -30,15 +30,6 @@ def losses(run_dir):
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(autouse=True)
-def no_cli_log_handlers():
-    yield
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_infmae", False)]:
-        root.removeHandler(handler)
-        handler.close()
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("stop_data")

@@ -24,15 +24,6 @@ from infmae.training.trainer import Trainer, cpu_threads_for
 from tests.test_checkpoint_safety import tiny_config
 
 
-@pytest.fixture(autouse=True)
-def no_cli_log_handlers():
-    yield
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_infmae", False)]:
-        root.removeHandler(handler)
-        handler.close()
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("ux_data")
