@@ -1,6 +1,6 @@
 """Benchmark of ``infmae curate``: files/s of the scan and of the near-duplicate stage, by collection size.
 
-    python bench/bench_curate.py --sizes 10000 50000 --data /tmp/curate_bench [--workers 2]
+    python -m bench.bench_curate --sizes 10000 50000 --data /tmp/curate_bench [--workers 2]
 
 For each size N it generates (once, reused on later runs) N synthetic infrared images at the
 realistic size mix of :func:`infmae.data.synthetic.generate_dataset` (64x64 up to 640x512 and
@@ -12,7 +12,7 @@ realistic size mix of :func:`infmae.data.synthetic.generate_dataset` (64x64 up t
 - ``near_dup``: the near-duplicate index (multi-index hashing) and union-find on the scanned hashes,
   median of several runs, microseconds per image;
 - ``near_dup_stage_synthetic_store``: the whole stage (``decide``: read the scan store, exact
-  duplicates, index, 256-bit check, union-find, anchors) on a scan store of N synthetic rows with
+  duplicates, index, content check of the candidate pairs, union-find, anchors) on a scan store of N synthetic rows with
   planted exact and near-duplicates, at sizes up to 1M, without decoding N images first;
 - ``near_dup_index_synthetic_hashes``: the index alone (``near_duplicate_labels``) on random 64-bit
   hashes with planted near-duplicates, to show how time per image grows with the collection
@@ -147,12 +147,14 @@ def _flip_bits(rng: np.random.Generator, rows: int, words: int, max_bits: int) -
 def bench_decide_store(n: int, hamming: int, work: Path, seed: int = 0) -> dict:
     """The whole near-duplicate stage (:func:`decide`) on a scan store of ``n`` synthetic rows.
 
-    Rows: random 64- and 256-bit pHashes and SHA-256; the last 5% are near-copies of the first 5%
-    (64-bit hash within ``hamming`` bits, 256-bit within the check's limit) and 1% more are exact
-    copies (same SHA-256 and hashes). Checked first: every planted pair ends in one group.
+    Rows: random 64- and 256-bit pHashes and SHA-256, thumbnails from a pool of random ones; the last 5%
+    are near-copies of the first 5% (64-bit hash within ``hamming`` bits, the thumbnail with noise of
+    +-3 levels: each such pair is compared by content) and 1% more are exact copies (same SHA-256,
+    hashes and thumbnail). Checked first: every planted pair ends in one group.
     """
-    from infmae.curate.manifest import VERIFY_FACTOR, decide
+    from infmae.curate.manifest import decide
     from infmae.curate.scan import COLUMNS, open_store
+    from infmae.curate.similarity import THUMB_BYTES
 
     rng = np.random.default_rng(seed)
     phash = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
@@ -160,11 +162,25 @@ def bench_decide_store(n: int, hamming: int, work: Path, seed: int = 0) -> dict:
     sha = [f"{v:064x}" for v in rng.integers(0, 2**63 - 1, n, dtype=np.int64).tolist()]
     near, exact = n // 20, n // 100
     phash[n - near :] = phash[:near] ^ _flip_bits(rng, near, 1, hamming)[:, 0]
-    phash256[n - near :] = phash256[:near] ^ _flip_bits(rng, near, 4, VERIFY_FACTOR * hamming)
+    phash256[n - near :] = phash256[:near] ^ _flip_bits(rng, near, 4, 8 * hamming)  # informative only now
     copies = slice(n - near - exact, n - near)
     phash[copies], phash256[copies] = phash[near : near + exact], phash256[near : near + exact]
     sha[copies] = sha[near : near + exact]
     hex256 = ["".join(f"{int(w):016x}" for w in row) for row in phash256.tolist()]
+    # a pool, not n thumbnails (1 GB at 1M rows); random 64-bit hashes almost never collide, so the pool's
+    # repeats are not compared, and the planted near-copies carry a noisy version of their original's
+    pool_size = 4096
+    pool = rng.integers(0, 256, (pool_size, THUMB_BYTES), dtype=np.uint8)
+    noisy = np.clip(pool.astype(np.int16) + rng.integers(-3, 4, pool.shape), 0, 255).astype(np.uint8)
+    pool_bytes, noisy_bytes = [t.tobytes() for t in pool], [t.tobytes() for t in noisy]
+
+    def thumb(i: int) -> bytes:
+        if i >= n - near:
+            return noisy_bytes[(i - (n - near)) % pool_size]
+        if copies.start <= i < copies.stop:
+            return pool_bytes[(near + i - copies.start) % pool_size]
+        return pool_bytes[i % pool_size]
+
     if work.exists():
         shutil.rmtree(work)
     connection = open_store(work)
@@ -187,6 +203,7 @@ def bench_decide_store(n: int, hamming: int, work: Path, seed: int = 0) -> dict:
                 "sha256": sha[i],
                 "phash": ph,
                 "phash256": hex256[i],
+                "thumb": thumb(i),
             }[c]
             for c in COLUMNS
         )

@@ -1,4 +1,4 @@
-"""infmae curate end to end on a generated collection with planted duplicates (issue 4, bars 1 and 2),
+"""infmae curate end to end on a generated collection with planted duplicates,
 the anchor rules, the sequence-aware mode, the CLI, and the manifest -> ImageFolderDataset path."""
 
 from __future__ import annotations
@@ -205,8 +205,9 @@ def test_manifest_contract_and_report(curated):
 
 
 def test_sixteen_bit_frames_that_differ_are_not_merged(tmp_path):
-    """Bar 2: distinct 16-bit scenes in one narrow count band stay apart; a saturating 8-bit view
-    (Pillow's convert('L') clips counts above 255) would make every one of them the same white hash."""
+    """16-bit data is fingerprinted at its true depth: distinct 16-bit scenes in one narrow count band stay
+    apart; a saturating 8-bit view (Pillow's convert('L') clips counts above 255) would make every one of
+    them the same white hash."""
     rng = np.random.default_rng(11)
     frames = []
     for k in range(16):

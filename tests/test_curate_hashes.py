@@ -1,4 +1,4 @@
-"""Fingerprints of infmae.curate: the 8-bit view, entropy (issue 4, bar 3), pHash, and the
+"""Fingerprints of infmae.curate: the 8-bit view, entropy (of the 8-bit view's 256-bin histogram), pHash, and the
 multi-index-hashing near-duplicate search checked against brute force."""
 
 from __future__ import annotations
@@ -163,31 +163,42 @@ def test_chunk_layout_covers_64_bits():
     assert max(c.key_bits for c in chunk_layout(1_000_000, 6)) > max(c.key_bits for c in chunk_layout(10_000, 6))
 
 
-def test_index_pairs_are_verified_by_the_256_bit_hash(tmp_path):
-    """Two files whose 64-bit pHashes collide (distance 2) are grouped only when their 256-bit pHashes
-    agree too: a chance collision of the coarse hash on different scenes is not a near-duplicate."""
-    from infmae.curate.manifest import VERIFY_FACTOR, decide
+def test_index_pairs_are_confirmed_by_content(tmp_path):
+    """Three files whose 64-bit pHashes collide (distance 1-2) are grouped only when their stored thumbnails
+    show the same content: a noisy copy joins, a different scene of the same coarse layout (one sky, one
+    horizon: equal raw thumbnails but for the objects) does not, nor does a row with no thumbnail."""
+    from infmae.curate.manifest import decide
     from infmae.curate.scan import COLUMNS, open_store
+    from infmae.curate.similarity import SIMILARITY_THRESHOLD
 
     rng = np.random.default_rng(0)
-    words = rng.integers(0, 2**64 - 1, 4, dtype=np.uint64, endpoint=True)
-    near = words.copy()
-    near[0] ^= np.uint64(0b111)  # 3 bits apart
-    far = ~words  # 256 bits apart
-    hex256 = lambda w: w.astype(">u8").tobytes().hex()  # noqa: E731
+    sky = np.linspace(40, 200, 32)[:, None].repeat(32, axis=1)  # the shared layout
+    scene = sky + rng.normal(0, 12, (32, 32))  # objects and texture of scene A
+    other = sky + rng.normal(0, 12, (32, 32))  # of scene B
+    noisy = scene + rng.normal(0, 2, (32, 32))  # a re-capture of A
+    thumb = lambda x: np.clip(np.round(x), 0, 255).astype(np.uint8).tobytes()  # noqa: E731
+    assert np.corrcoef(scene.ravel(), other.ravel())[0, 1] > 0.9  # raw thumbnails alike: layout dominates
     connection = open_store(tmp_path)
     base = dict(size=1, mtime_ns=1, format="PNG", width=64, height=64, bits=8, channels=1, entropy=5.0, error=None)
     rows = [
-        dict(base, path="a.png", sha256="aa", phash="00000000000000f0", phash256=hex256(words)),
-        dict(base, path="b.png", sha256="bb", phash="00000000000000f3", phash256=hex256(near)),
-        dict(base, path="c.png", sha256="cc", phash="00000000000000f1", phash256=hex256(far)),
+        dict(base, path="a.png", sha256="aa", phash="00000000000000f0", thumb=thumb(scene)),
+        dict(base, path="b.png", sha256="bb", phash="00000000000000f3", thumb=thumb(noisy)),
+        dict(base, path="c.png", sha256="cc", phash="00000000000000f1", thumb=thumb(other)),
+        dict(base, path="d.png", sha256="dd", phash="00000000000000f2", thumb=None),
     ]
     connection.executemany(
-        f"INSERT INTO files VALUES ({', '.join('?' * len(COLUMNS))})", [tuple(r[c] for c in COLUMNS) for r in rows]
+        f"INSERT INTO files VALUES ({', '.join('?' * len(COLUMNS))})",
+        [tuple(r.get(c, "0" * 64) for c in COLUMNS) for r in rows],  # phash256: not used by decide
     )
     connection.commit()
     decisions = decide(connection, hamming=6)
-    assert decisions.group[0] == decisions.group[1] != "" and decisions.group[2] == ""
-    assert decisions.reason == ["", "near_duplicate", ""]
-    assert 3 <= VERIFY_FACTOR * 6 < 256
+    assert decisions.group[0] == decisions.group[1] != "" and decisions.group[2] == decisions.group[3] == ""
+    assert decisions.reason == ["", "near_duplicate", "", ""]
+    assert decisions.pairs_checked == 6 and decisions.pairs_confirmed == 1
+    # the closest rejected pairs, most similar first, name c (the look-alike) and never d (no thumbnail)
+    closest = decisions.closest_rejected
+    assert {(i, j) for i, j, _, _ in closest[:2]} == {(0, 2), (1, 2)} and closest[0][3] >= closest[1][3]
+    assert all(score < SIMILARITY_THRESHOLD for _, _, _, score in closest)
+    assert len(closest) == 2  # d, without a thumbnail, was not compared: it is in no pair
+    assert 0.0 < SIMILARITY_THRESHOLD < 1.0
     connection.close()

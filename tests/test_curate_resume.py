@@ -1,4 +1,4 @@
-"""Resumable scanning of infmae curate (issue 4, bar 4): an interrupted scan (an exception after N files,
+"""Resumable scanning of infmae curate: an interrupted scan (an exception after N files,
 or SIGKILL of a real ``infmae curate`` process) finishes on the next run, redoes only the files that
 were in flight, and writes the manifest of an uninterrupted run; a grown folder costs its new files only."""
 
@@ -72,6 +72,7 @@ def test_interrupted_scan_resumes_and_matches_uninterrupted(collection, tmp_path
     assert resumed.counts == full.counts and full.counts["duplicate"] == 1 and full.counts["unreadable"] == 4
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_real_scan(collection, tmp_path):
     src, reference, full = collection
     out = tmp_path / "out"

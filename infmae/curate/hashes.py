@@ -13,11 +13,21 @@ Legend: H, W = image height and width; C = channels (1 or 3).
 - **pixel hash** (:func:`pixel_sha256`): SHA-256 of the DECODED pixels (dtype, shape, then the bytes),
   not of the file, so a lossless re-encoding (PNG -> TIFF, another compression level) is an exact
   duplicate too.
-- **perceptual hash** (:func:`phash64`): the 64-bit DCT pHash: the view resized to a 32x32 thumbnail
-  (Pillow, Lanczos), a 2-D DCT-II (orthonormal, numpy matrix product), the top-left 8x8 coefficients
-  compared with their median; bit ``k`` (row-major over the 8x8 block) is the bit of value ``2**k``.
-  Affine brightness/contrast changes, mild noise, small shifts and re-quantisation move only a few bits.
-  :func:`dct_hashes` also returns the 256-bit variant (16x16 block) used to verify candidate pairs.
+- **thumbnail** (:func:`thumbnail`): the view resized to 32x32 (Pillow, Lanczos) in 32-bit float, NOT
+  rounded to 8 bits: each thumbnail pixel averages hundreds of pixels, and a low-contrast 8-bit frame
+  (a scene spanning 30 gray levels) keeps its fine structure only below one gray level. Rounding it
+  moved up to 12 of the 64 pHash bits and halved the content similarity between a low-contrast frame
+  and its noisy copy (bench/bench_dedup.py).
+- **perceptual hash** (:func:`phash64`): the 64-bit DCT pHash: a 2-D DCT-II (orthonormal, numpy matrix
+  product) of the thumbnail, the top-left 8x8 coefficients compared with their median; bit ``k``
+  (row-major over the 8x8 block) is the bit of value ``2**k``. Affine brightness/contrast changes, mild
+  noise, small shifts and re-quantisation move only a few bits. :func:`dct_hashes` also returns the
+  256-bit variant (16x16 block, kept in the manifest).
+- **percentile thumbnail** (:func:`percentile_thumbnail`): each thumbnail pixel replaced by its rank in
+  the thumbnail (ties averaged), scaled to 0..255: 1024 bytes stored per image so that candidate pairs
+  are confirmed by content (:mod:`infmae.curate.similarity`) without reading the images again. Any
+  increasing mapping of the intensities leaves it unchanged. :func:`fingerprints` returns the hashes and
+  this thumbnail from one resize.
 """
 
 from __future__ import annotations
@@ -83,12 +93,35 @@ def pixel_sha256(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def thumbnail(view: np.ndarray) -> np.ndarray:
+    """The ``[32, 32]`` float32 Lanczos thumbnail of a ``[H, W]`` uint8 view, unrounded (the pHash's input).
+    Pillow converts to float after decoding (mode ``F``) so that its box pre-reduction does not round
+    either; from a uint8 image this costs about 1.3x the 8-bit resize, from a float array 6x."""
+    image = Image.fromarray(np.ascontiguousarray(view)).convert("F")
+    thumb = image.resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return np.asarray(thumb, dtype=np.float32)
+
+
+def percentile_thumbnail(thumb: np.ndarray) -> np.ndarray:
+    """``[32, 32]`` float thumbnail -> ``[32, 32]`` uint8: each pixel's average rank among the thumbnail's
+    pixels, scaled to 0..255 (a flat thumbnail is 128 everywhere)."""
+    values = thumb.ravel()
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    rank = (np.cumsum(counts) - 0.5 * (counts + 1))[inverse.reshape(-1)]  # 0-based, ties averaged
+    scaled = np.round(rank * (255.0 / max(1, values.size - 1)))
+    if counts.size == 1:
+        scaled[:] = 128
+    return scaled.astype(np.uint8).reshape(thumb.shape)
+
+
+def _dct_of(thumb: np.ndarray) -> np.ndarray:
+    pixels = thumb.astype(np.float64)
+    return _DCT @ pixels @ _DCT.T
+
+
 def _low_dct(view: np.ndarray) -> np.ndarray:
     """The 2-D DCT-II of the 32x32 Lanczos thumbnail of a ``[H, W]`` uint8 view (float64 [32, 32])."""
-    image = Image.fromarray(np.ascontiguousarray(view))
-    thumb = image.resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    pixels = np.asarray(thumb, dtype=np.float64)
-    return _DCT @ pixels @ _DCT.T
+    return _dct_of(thumbnail(view))
 
 
 def _median_bits(block: np.ndarray) -> np.ndarray:
@@ -104,13 +137,26 @@ def phash64(view: np.ndarray) -> int:
 
 def dct_hashes(view: np.ndarray) -> tuple[int, str]:
     """``(phash64, phash256)`` from one thumbnail: the 64-bit pHash, and the 256-bit pHash (the 16x16
-    low-frequency block against its median) as 64 hex digits. The 64-bit hash is what the index searches;
-    the 256-bit one, which also sees finer structure, verifies each pair the index finds (two different
-    low-texture scenes, e.g. sky over ground, can share most of their 64 coarsest bits)."""
-    dct = _low_dct(view)
+    low-frequency block against its median) as 64 hex digits. The 64-bit hash is what the index searches.
+    The 256-bit one no longer decides anything (it stays in the manifest): as a check of the index's pairs
+    it rejected true copies (noise, 3 px shift, 8-bit export, JPEG: 54-58 bits) only a few bits short of
+    distinct sky-over-ground scenes (64+ bits); :mod:`infmae.curate.similarity` confirms pairs instead."""
+    return _hashes_of(_dct_of(thumbnail(view)))
+
+
+def _hashes_of(dct: np.ndarray) -> tuple[int, str]:
     bits64 = _median_bits(dct[:HASH_SIDE, :HASH_SIDE])
     bits256 = _median_bits(dct[: 2 * HASH_SIDE, : 2 * HASH_SIDE])
     return int(_BIT_VALUES[bits64].sum(dtype=np.uint64)), np.packbits(bits256).tobytes().hex()
+
+
+def fingerprints(view: np.ndarray) -> tuple[int, str, bytes]:
+    """``(phash64, phash256, percentile thumbnail)`` of a ``[H, W]`` uint8 view from ONE Lanczos resize: the
+    two hashes of :func:`dct_hashes` and :func:`percentile_thumbnail` as 1024 row-major bytes, which
+    :mod:`infmae.curate.similarity` compares to confirm the pairs the 64-bit index proposes."""
+    thumb = thumbnail(view)
+    phash, phash256 = _hashes_of(_dct_of(thumb))
+    return phash, phash256, percentile_thumbnail(thumb).tobytes()
 
 
 def hex_to_words(hex_digits: str) -> np.ndarray:

@@ -1,13 +1,14 @@
-"""Decisions and the manifest of ``infmae curate`` (shared/README.md section 4).
+"""Decisions and the manifest of ``infmae curate`` (docs/specification.md, 'Manifest contract').
 
 From the scan rows (:mod:`infmae.curate.scan`), in this order:
 
 1. ``unreadable``: the reader failed (the reason is in the ``error`` column).
 2. ``too_small``: width AND height both under ``min_size`` (Inf30: 20 px).
 3. Groups among the rest: files with equal pixel SHA-256, and files whose 64-bit pHashes are within
-   ``hamming`` bits (multi-index hashing, :mod:`infmae.curate.index`) AND whose 256-bit pHashes are
-   within ``VERIFY_FACTOR * hamming`` bits (a check of each found pair that removes chance collisions
-   of the coarse hash), joined by union-find.
+   ``hamming`` bits (multi-index hashing, :mod:`infmae.curate.index`: the candidates) AND whose stored
+   thumbnails show the same content (:mod:`infmae.curate.similarity`: shift-searched correlation of
+   percentile-normalised detail maps >= ``SIMILARITY_THRESHOLD``; it removes the candidates that only
+   share a coarse layout), joined by union-find.
    With ``sequence_aware``, frames of one folder taken in natural name order (``f2`` before ``f10``)
    are cut into segments: a frame joins the current segment when it is a near-duplicate (same two
    tests) of the segment's FIRST frame (its key frame), else it starts a new one. So a slow pan is kept every few
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -40,8 +42,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .hashes import hex_to_words, popcount64
+from .hashes import popcount64
 from .index import UnionFind, near_pairs
+from .similarity import SIMILARITY_THRESHOLD, THUMB_BYTES, detail_maps, similarity, thumbs_from_blobs
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "path",
@@ -63,11 +68,11 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 )
 REASONS: tuple[str, ...] = ("unreadable", "too_small", "duplicate", "near_duplicate")
 ANCHOR_RULES: tuple[str, ...] = ("largest", "entropy")
-#: A pair found by the 64-bit index is confirmed when the 256-bit pHashes differ by at most
-#: VERIFY_FACTOR * hamming bits (48 at the default 6). Measured: planted near-duplicates (noise, 1-2 px
-#: shift, brightness, 8-bit copy of 16-bit) <= 24 bits; distinct synthetic scenes that collide on the
-#: 64-bit hash (20 pairs among 50k images at hamming 6) 64..116 bits.
-VERIFY_FACTOR = 8
+#: Rejected candidate pairs kept for the report (the closest pairs NOT merged: the margin).
+CLOSEST_REJECTED = 10
+_ROWID_BATCH = 900  # SQLite's bound on parameters of one statement was 999 before 3.32
+_PAIR_BATCH = 8192  # pairs confirmed per batch: their thumbnails are loaded, used and dropped together
+_SEQUENCE_WINDOW = 64  # frames of a folder compared with the current key frame in one call
 
 
 @dataclass
@@ -80,10 +85,80 @@ class Decisions:
     anchor: list[str]
     counts: dict[str, int] = field(default_factory=dict)
     groups: dict[str, list[int]] = field(default_factory=dict)  # group id -> member indices, anchor first
+    phash: np.ndarray | None = None  # [N] uint64 64-bit pHashes (0 for unreadable files)
+    pairs_checked: int = 0  # candidate pairs from the index whose content was compared
+    pairs_confirmed: int = 0
+    #: the closest candidate pairs that were NOT merged, most similar first: (i, j, pHash distance, similarity)
+    closest_rejected: list[tuple[int, int, int, float]] = field(default_factory=list)
 
 
 def _natural_key(path: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+
+
+class _Details:
+    """Detail maps (:func:`infmae.curate.similarity.detail_maps`) of files, from the thumbnails in the
+    store, loaded for the files a batch of comparisons needs and dropped with it (4 KiB each: all of a
+    300k-file collection at once would be 1.2 GB)."""
+
+    def __init__(self, connection: sqlite3.Connection, rowids: np.ndarray):
+        self.connection = connection
+        self.rowids = rowids
+        self.missing_files: set[int] = set()
+
+    @property
+    def missing(self) -> int:
+        return len(self.missing_files)
+
+    def load(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``[K]`` file indices -> (``[K, S, S]`` float32 detail maps, ``[K]`` bool: has a thumbnail)."""
+        wanted = self.rowids[indices].tolist()
+        blobs: dict[int, bytes] = {}
+        distinct = sorted(set(wanted))
+        for start in range(0, len(distinct), _ROWID_BATCH):
+            chunk = distinct[start : start + _ROWID_BATCH]
+            query = f"SELECT rowid, thumb FROM files WHERE rowid IN ({', '.join('?' * len(chunk))})"
+            blobs.update((rowid, blob) for rowid, blob in self.connection.execute(query, chunk) if blob)
+        present = np.array([rowid in blobs for rowid in wanted], dtype=bool)
+        self.missing_files.update(np.asarray(indices)[~present].tolist())
+        blank = bytes(THUMB_BYTES)  # a flat thumbnail: its detail map is zero and correlates with nothing
+        thumbs = thumbs_from_blobs([blobs.get(rowid, blank) for rowid in wanted])
+        return detail_maps(thumbs), present
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``[P]`` similarity of the files ``a[k]`` and ``b[k]``; NaN where either has no thumbnail."""
+        both = np.concatenate([a, b])
+        unique, inverse = np.unique(both, return_inverse=True)
+        maps, present = self.load(unique)
+        inverse = inverse.reshape(-1)
+        ia, ib = inverse[: len(a)], inverse[len(a) :]
+        score = similarity(maps[ia], maps[ib])
+        return np.where(present[ia] & present[ib], score, np.nan)
+
+
+def _segments(members: np.ndarray, phash: np.ndarray, hamming: int, details: _Details):
+    """Cut one folder's frames (natural name order) into segments: yields ``(key frame, [joined frames])``.
+    A frame joins while it is a near-duplicate of the key frame (pHash within ``hamming`` bits AND
+    similarity >= threshold); the first one that is not becomes the next key frame. Frames are compared
+    with the key frame :data:`_SEQUENCE_WINDOW` at a time (one vectorised call, not one per frame)."""
+    position, count = 0, len(members)
+    while position < count:
+        key = int(members[position])
+        key_map, key_present = (v[0] for v in details.load(members[position : position + 1]))
+        joined: list[int] = []
+        position += 1
+        while position < count:
+            window = members[position : position + _SEQUENCE_WINDOW]
+            maps, present = details.load(window)
+            close = popcount64(phash[window] ^ phash[key]) <= hamming
+            score = similarity(np.broadcast_to(key_map, maps.shape), maps)
+            close &= present & key_present & (score >= SIMILARITY_THRESHOLD)
+            run = len(window) if close.all() else int(np.argmin(close))  # frames before the first break
+            joined += window[:run].tolist()
+            position += run
+            if run < len(window):
+                break
+        yield key, joined
 
 
 def decide(
@@ -99,16 +174,16 @@ def decide(
     if min_size < 0:
         raise ValueError(f"curate: expected --min-size >= 0, got {min_size}; the default is 20")
     cursor = connection.execute(
-        "SELECT path, width, height, bits, entropy, sha256, phash, phash256, error FROM files ORDER BY path"
+        "SELECT path, width, height, bits, entropy, sha256, phash, error, rowid FROM files ORDER BY path"
     )
-    # streamed into compact columns: no row tuples kept (300k rows -> tens of MB)
+    # streamed into compact columns: no row tuples kept (300k rows -> tens of MB); the thumbnails stay in
+    # the store until a candidate pair needs them
     paths: list[str] = []
     reason: list[str] = []
     sha: list[bytes] = []
     candidates: list[int] = []
-    area_list, bits_list, entropy_list, phash_list, words = [], [], [], [], []
-    no_words = np.zeros(4, np.uint64)
-    for i, (path, width, height, nbits, ent, sha_hex, ph, ph256, error) in enumerate(cursor):
+    area_list, bits_list, entropy_list, phash_list, rowid_list = [], [], [], [], []
+    for i, (path, width, height, nbits, ent, sha_hex, ph, error, rowid) in enumerate(cursor):
         paths.append(path)
         if error is not None:
             reason.append("unreadable")
@@ -121,20 +196,16 @@ def decide(
         bits_list.append(nbits or 0)
         entropy_list.append(ent if ent is not None else 0.0)
         phash_list.append(int(ph, 16) if ph else 0)
-        words.append(hex_to_words(ph256) if ph256 else no_words)
+        rowid_list.append(rowid)
         sha.append(bytes.fromhex(sha_hex) if sha_hex else b"")
     n = len(paths)
     area = np.array(area_list, dtype=np.int64)
     bits = np.array(bits_list, dtype=np.int64)
     entropy = np.array(entropy_list, dtype=np.float64)
     phash = np.array(phash_list, dtype=np.uint64)
-    phash256 = np.stack(words) if words else np.zeros((0, 4), np.uint64)
-    del area_list, bits_list, entropy_list, phash_list, words
-    verify_limit = VERIFY_FACTOR * hamming
-
-    def verified(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Pairs (a[k], b[k]) whose 256-bit pHashes are within VERIFY_FACTOR * hamming bits."""
-        return popcount64(phash256[a] ^ phash256[b]).sum(axis=1) <= verify_limit
+    rowids = np.array(rowid_list, dtype=np.int64)
+    del area_list, bits_list, entropy_list, phash_list, rowid_list
+    details = _Details(connection, rowids)
 
     sets = UnionFind(n)
     first_by_sha: dict[bytes, int] = {}
@@ -152,26 +223,37 @@ def decide(
         searched = []
         for members in by_folder.values():
             members.sort(key=lambda k: _natural_key(paths[k]))
-            key_frame = None
-            for i in members:
-                if (
-                    key_frame is not None
-                    and (int(phash[i]) ^ int(phash[key_frame])).bit_count() <= hamming
-                    and verified(np.array([i]), np.array([key_frame]))[0]
-                ):
+            for key_frame, joined in _segments(np.asarray(members, np.int64), phash, hamming, details):
+                searched.append(key_frame)
+                for i in joined:
                     sets.union(key_frame, i)
-                else:
-                    key_frame = i
-                    searched.append(i)
     else:
         searched = distinct_pixels
     searched_arr = np.asarray(searched, dtype=np.int64)
     pairs = near_pairs(phash[searched_arr], hamming)
-    if len(pairs):
-        a, b = searched_arr[pairs[:, 0]], searched_arr[pairs[:, 1]]
-        keep = verified(a, b)
+    rejected: list[tuple[float, int, int]] = []
+    confirmed = 0
+    for start in range(0, len(pairs), _PAIR_BATCH):
+        a, b = searched_arr[pairs[start : start + _PAIR_BATCH, 0]], searched_arr[pairs[start : start + _PAIR_BATCH, 1]]
+        score = details.similarity(a, b)
+        keep = score >= SIMILARITY_THRESHOLD  # False for NaN: a pair without thumbnails is never merged
+        confirmed += int(keep.sum())
         for i, j in zip(a[keep].tolist(), b[keep].tolist()):
             sets.union(i, j)
+        # the closest rejected pairs of this batch; the best CLOSEST_REJECTED overall are kept below
+        miss = np.flatnonzero(~keep & ~np.isnan(score))
+        miss = miss[np.argsort(-score[miss], kind="stable")[:CLOSEST_REJECTED]]
+        rejected += [(float(score[k]), int(a[k]), int(b[k])) for k in miss]
+    rejected.sort(key=lambda r: (-r[0], r[1], r[2]))
+    closest_rejected = [
+        (i, j, (int(phash[i]) ^ int(phash[j])).bit_count(), score) for score, i, j in rejected[:CLOSEST_REJECTED]
+    ]
+    if details.missing:
+        logger.warning(
+            "curate: %d candidate file(s) have no thumbnail in the scan store and were not compared (never "
+            "merged as near-duplicates); run `infmae curate --rescan` to fill them",
+            details.missing,
+        )
 
     members_of: dict[int, list[int]] = defaultdict(list)
     for i in candidates:
@@ -201,7 +283,18 @@ def decide(
     counts["keep"] = reason.count("")
     counts["total"] = n
     counts["groups"] = len(multi)
-    return Decisions(paths=paths, reason=reason, group=group, anchor=anchor_path, counts=counts, groups=groups)
+    return Decisions(
+        paths=paths,
+        reason=reason,
+        group=group,
+        anchor=anchor_path,
+        counts=counts,
+        groups=groups,
+        phash=phash,
+        pairs_checked=len(pairs),
+        pairs_confirmed=confirmed,
+        closest_rejected=closest_rejected,
+    )
 
 
 def write_manifest(connection: sqlite3.Connection, decisions: Decisions, out: Path) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 from .manifest import ANCHOR_RULES, decide, write_info, write_manifest
 from .report import write_report
 from .scan import ScanStats, open_store, scan
+from .similarity import SIMILARITY_THRESHOLD
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +41,17 @@ def curate(
     workers: int | None = None,
     on_result: Callable[[tuple], None] | None = None,
     report: bool = True,
+    rescan: bool = False,
 ) -> CurateResult:
-    """Curate ``src`` into ``out`` (see :mod:`infmae.curate.manifest` for the rules)."""
+    """Curate ``src`` into ``out`` (see :mod:`infmae.curate.manifest` for the rules). ``rescan``: read every
+    file again instead of reusing ``OUT/scan.sqlite`` (a damaged store is set aside and rebuilt anyway)."""
     if anchor not in ANCHOR_RULES:
         raise ValueError(f"curate: expected --anchor in {ANCHOR_RULES}, got {anchor!r}; the default is 'largest'")
     src, out = Path(src), Path(out)
-    stats = scan(src, out, workers=workers, on_result=on_result)
+    stats = scan(src, out, workers=workers, on_result=on_result, rescan=rescan)
     options = {"min_size": min_size, "hamming": hamming, "anchor": anchor, "sequence_aware": sequence_aware}
-    connection = open_store(out)
+    options["similarity_threshold"] = SIMILARITY_THRESHOLD  # fixed, recorded so a run says which rule it used
+    connection = open_store(out, check=False)  # checked by scan a moment ago
     try:
         start = time.perf_counter()
         decisions = decide(connection, min_size=min_size, hamming=hamming, anchor=anchor, sequence_aware=sequence_aware)
@@ -83,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         anchor=args.anchor,
         sequence_aware=args.sequence_aware,
         workers=args.workers,
+        rescan=args.rescan,
     )
     logger.info("curate: report %s", result.report)
     return 0

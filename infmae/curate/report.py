@@ -7,7 +7,10 @@ tables of bit depths, channels, formats and the commonest resolutions, and links
 - ``resolution_hist.png``: long side of the readable images, log2 bins;
 - ``duplicate_groups.png``: up to ``sheet_groups`` of the largest groups, one row each, the anchor first
   (green frame) then dropped members (red frame: exact duplicate; orange: near-duplicate), each tile
-  labelled with its Hamming distance to the anchor, so a person can check the threshold.
+  labelled with its file name (shortened) and its pHash distance and content similarity to the anchor;
+  ``report.md`` lists the same members with their full paths, so a person can check each merge;
+- the closest candidate pairs that were NOT merged (most similar first, up to
+  :data:`~infmae.curate.manifest.CLOSEST_REJECTED`), so a person can see the confirmation's margin.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import math
 import sqlite3
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -25,8 +28,12 @@ from infmae.data.io import ImageReadError, read_image
 
 from .hashes import eight_bit_view, hamming
 from .manifest import REASONS, Decisions
+from .similarity import SIMILARITY_THRESHOLD, detail_maps, similarity, thumbs_from_blobs
 
 logger = logging.getLogger(__name__)
+
+SHEET_GROUPS = 8  # groups drawn in duplicate_groups.png (largest first)
+SHEET_PER_GROUP = 6  # members drawn per group, anchor first
 
 
 def bar_chart(values: list[float], labels: list[str], title: str, path: Path, size=(720, 360)) -> Path:
@@ -63,20 +70,38 @@ def _tile(src: Path, rel: str, side: int) -> Image.Image:
     return tile.convert("RGB")
 
 
+def short_name(rel: str, width: float, measure) -> str:
+    """The file name of ``rel`` (no folders), its middle cut out (``..``) until ``measure(text)`` fits
+    ``width`` pixels: the start and the end of a name (prefix, frame number, extension) tell files apart."""
+    name = PurePosixPath(rel).name
+    if measure(name) <= width:
+        return name
+    for keep in range(len(name) - 1, 1, -1):
+        head = (keep + 1) // 2
+        text = f"{name[:head]}..{name[len(name) - (keep - head) :]}"
+        if measure(text) <= width:
+            return text
+    return name[:2] + ".."
+
+
 def sample_sheet(
     src: Path,
     decisions: Decisions,
     phash: dict[int, int],
     path: Path,
-    sheet_groups: int = 8,
-    per_group: int = 6,
-    side: int = 96,
+    similarity_to_anchor: dict[int, float] | None = None,
+    sheet_groups: int = SHEET_GROUPS,
+    per_group: int = SHEET_PER_GROUP,
+    side: int = 112,
 ) -> Path | None:
-    """Write the duplicate-group sheet (largest groups first); ``None`` when there is no group."""
+    """Write the duplicate-group sheet (largest groups first); ``None`` when there is no group. Each tile is
+    labelled with its file name (shortened) and, for a dropped member, its pHash distance ``d`` and content
+    similarity ``s`` to the anchor (``s`` absent when the store has no thumbnail for the pair)."""
     groups = sorted(decisions.groups.items(), key=lambda item: (-len(item[1]), item[0]))[:sheet_groups]
     if not groups:
         return None
-    pad, label = 6, 14
+    similarity_to_anchor = similarity_to_anchor or {}
+    pad, label = 6, 28
     sheet = Image.new("RGB", (per_group * (side + pad) + pad + 60, len(groups) * (side + pad + label) + pad), "white")
     draw = ImageDraw.Draw(sheet)
     for row, (gid, members) in enumerate(groups):
@@ -89,10 +114,48 @@ def sample_sheet(
             sheet.paste(tile, (x + (side - tile.width) // 2, y + (side - tile.height) // 2))
             colour = "green" if i == head else ("red" if decisions.reason[i] == "duplicate" else "orange")
             draw.rectangle([x - 2, y - 2, x + side + 1, y + side + 1], outline=colour, width=2)
-            text = "anchor" if i == head else f"d={hamming(phash[i], phash[head])}"
-            draw.text((x, y + side + 2), text, fill="black")
+            draw.text((x, y + side + 2), short_name(decisions.paths[i], side, draw.textlength), fill="black")
+            if i == head:
+                text = "anchor (kept)"
+            else:
+                text = f"d={hamming(phash[i], phash[head])}"
+                if i in similarity_to_anchor:
+                    text += f" s={similarity_to_anchor[i]:.2f}"
+            draw.text((x, y + side + 14), text, fill="black")
     sheet.save(path)
     return path
+
+
+def _similarity_to_anchors(connection: sqlite3.Connection, decisions: Decisions, groups: list[str]) -> dict[int, float]:
+    """Content similarity of each member of ``groups`` to its group's anchor, from the stored thumbnails."""
+    members = [i for gid in groups for i in decisions.groups[gid]]
+    blobs = {}
+    for i in members:
+        found = connection.execute("SELECT thumb FROM files WHERE path = ?", (decisions.paths[i],)).fetchone()
+        if found and found[0]:
+            blobs[i] = found[0]
+    pairs = [(i, decisions.groups[gid][0]) for gid in groups for i in decisions.groups[gid][1:]]
+    pairs = [(i, head) for i, head in pairs if i in blobs and head in blobs]
+    if not pairs:
+        return {}
+    maps = detail_maps(thumbs_from_blobs([blobs[i] for pair in pairs for i in pair]))
+    scores = similarity(maps[0::2], maps[1::2])
+    return {i: float(score) for (i, _), score in zip(pairs, scores)}
+
+
+def _closest_rejected(decisions: Decisions, hamming_bits: int) -> list[str]:
+    lines = [
+        f"Closest pairs NOT merged (candidates of the pHash index within {hamming_bits} bits whose "
+        f"content similarity stayed under {SIMILARITY_THRESHOLD}; {decisions.pairs_checked} candidate pairs "
+        f"compared, {decisions.pairs_confirmed} merged): the margin of the confirmation.",
+        "",
+    ]
+    if not decisions.closest_rejected:
+        return lines + ["None: every candidate pair was merged (or there were none).", ""]
+    lines += ["| file A | file B | pHash distance | similarity |", "|---|---|---:|---:|"]
+    for i, j, distance, score in decisions.closest_rejected:
+        lines.append(f"| `{decisions.paths[i]}` | `{decisions.paths[j]}` | {distance} | {score:.3f} |")
+    return lines + [""]
 
 
 def _table(title: str, counter: Counter, limit: int = 12) -> list[str]:
@@ -146,7 +209,10 @@ def write_report(connection: sqlite3.Connection, decisions: Decisions, src: Path
         "long side (px, log2 bins), readable images",
         out / "resolution_hist.png",
     )
-    sheet = sample_sheet(src, decisions, phash, out / "duplicate_groups.png")
+    shown = [gid for gid, _ in sorted(decisions.groups.items(), key=lambda item: (-len(item[1]), item[0]))]
+    shown = shown[:SHEET_GROUPS]
+    to_anchor = _similarity_to_anchors(connection, decisions, shown)
+    sheet = sample_sheet(src, decisions, phash, out / "duplicate_groups.png", to_anchor, sheet_groups=SHEET_GROUPS)
     counts = decisions.counts
     lines = [
         "# Curation report",
@@ -177,11 +243,23 @@ def write_report(connection: sqlite3.Connection, decisions: Decisions, src: Path
     if sheet is not None:
         lines += [
             "Duplicate groups (largest first; green = anchor kept, red = exact duplicate, orange = "
-            "near-duplicate, d = Hamming distance of the pHash to the anchor's):",
+            "near-duplicate; under each tile its file name, then d = Hamming distance of the pHash to the "
+            "anchor's and s = content similarity to the anchor):",
             "",
             "![groups](duplicate_groups.png)",
             "",
+            "| group | file | kept / dropped | d | s |",
+            "|---|---|---|---:|---:|",
         ]
+        for gid in shown:
+            head = decisions.groups[gid][0]
+            for i in decisions.groups[gid][:SHEET_PER_GROUP]:
+                role = "anchor, kept" if i == head else decisions.reason[i]
+                d = "" if i == head else hamming(phash[i], phash[head])
+                score = f"{to_anchor[i]:.3f}" if i in to_anchor else ""
+                lines.append(f"| {gid} | `{decisions.paths[i]}` | {role} | {d} | {score} |")
+        lines.append("")
+    lines += _closest_rejected(decisions, options.get("hamming", 6))
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -5,7 +5,8 @@ Legend: H, W = image height and width in pixels.
 A scene (:func:`make_scene`) is a float32 ``[H, W]`` map in [0, 1] built like a thermal frame: a smooth
 background (low-frequency blurred noise plus a gradient), sometimes a colder sky band above a horizon,
 warm objects (Gaussian hot spots, vehicles with a hot engine, buildings with warm windows, people),
-then optional vignetting, column fixed-pattern noise and sensor noise.
+then optional vignetting, column fixed-pattern noise and sensor noise. :func:`make_layout_scene` draws
+scenes that share a :class:`SceneLayout` (horizon, sky, road, gradient) and differ in everything else.
 
 :func:`generate_dataset` writes such scenes in the formats the engine must read: 8-bit PNG, 16-bit
 PNG (raw counts in a 7000-9500 band), gray and colour JPEG, 16-bit TIFF (raw, LZW, deflate), 8-bit
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +140,6 @@ def make_scene(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"make_scene: expected a positive size, got {height}x{width}; e.g. 256x320")
-    scale = min(height, width)
     yy = np.linspace(-1.0, 1.0, height, dtype=np.float32)[:, None]
     xx = np.linspace(-1.0, 1.0, width, dtype=np.float32)[None, :]
     angle = rng.uniform(0, 2 * np.pi)
@@ -155,6 +156,15 @@ def make_scene(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     scene = np.ascontiguousarray(np.broadcast_to(scene, (height, width)), dtype=np.float32)
 
     ground_top = horizon if horizon is not None else 0.0
+    _add_objects(scene, ground_top, rng)
+    return _sensor(scene, xx, yy, rng)
+
+
+def _add_objects(scene: np.ndarray, ground_top: float, rng: np.random.Generator) -> None:
+    """Add 2-8 warm objects (blobs, vehicles, buildings, people) to ``scene`` in place, their centres
+    below row ``ground_top``."""
+    height, width = scene.shape
+    scale = min(height, width)
     for _ in range(int(rng.integers(2, 9))):
         kind = rng.choice(("blob", "vehicle", "building", "person"), p=(0.3, 0.3, 0.15, 0.25))
         cy = rng.uniform(ground_top, height)
@@ -188,6 +198,11 @@ def make_scene(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
             _add_ellipse(scene, cy, cx, ry, rx, heat)
             _add_ellipse(scene, cy - 1.25 * ry, cx, 0.3 * ry + 0.5, 0.3 * ry + 0.5, 1.1 * heat)
 
+
+def _sensor(scene: np.ndarray, xx: np.ndarray, yy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The camera: optional vignetting and column fixed-pattern noise, sensor noise, then the scene
+    stretched to [0.05, 0.9] by its 0.1 / 99.9 percentiles. ``xx``/``yy``: the [-1, 1] coordinate grids."""
+    height, width = scene.shape
     if rng.random() < 0.5:  # vignetting
         radius2 = xx**2 + yy**2
         scene *= 1.0 - rng.uniform(0.05, 0.2) * radius2 / 2.0
@@ -198,6 +213,64 @@ def make_scene(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     lo, hi = np.percentile(scene, (0.1, 99.9))
     scene = (scene - lo) / max(hi - lo, 1e-6) * 0.85 + 0.05
     return np.clip(scene, 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class SceneLayout:
+    """The coarse layout a camera keeps from scene to scene (a car's road camera, a fixed mast): what
+    distinct scenes of :func:`make_layout_scene` share. Fractions are of the frame's height or width."""
+
+    horizon: float  # row of the horizon, fraction of the height
+    sky_cold: float  # how much colder the sky is than the ground, in scene units
+    gradient_angle: float  # direction of the background's linear gradient, radians
+    road_x: float  # column of the road's vanishing point on the horizon, fraction of the width
+    road_half_width: float  # half the road's width at the bottom row, fraction of the width
+    road_heat: float  # road minus surroundings, scene units (asphalt is warmer by day, colder by night)
+
+
+def random_layout(rng: np.random.Generator) -> SceneLayout:
+    """A road-camera layout: horizon in the upper half, a road from the bottom to a vanishing point."""
+    return SceneLayout(
+        horizon=float(rng.uniform(0.3, 0.55)),
+        sky_cold=float(rng.uniform(0.2, 0.3)),
+        gradient_angle=float(rng.uniform(0, 2 * np.pi)),
+        road_x=float(rng.uniform(0.3, 0.7)),
+        road_half_width=float(rng.uniform(0.25, 0.45)),
+        road_heat=float(rng.uniform(-0.1, 0.1)),
+    )
+
+
+def make_layout_scene(
+    height: int, width: int, layout: SceneLayout, rng: np.random.Generator, detail: float = 1.0
+) -> np.ndarray:
+    """A scene of ``layout``: the layout's gradient, sky, horizon and road, and its own background texture,
+    objects and sensor noise from ``rng``. Two scenes of one layout are different pictures whose coarsest
+    structure (and so most of a 64-bit pHash) is the same: the hard case for near-duplicate detection.
+    ``detail`` scales the fine background texture; under 0.5 the scene has no objects either (fog, an
+    empty field: little but the layout and noise, where perceptual hashes are fragile).
+
+    Returns:
+        ``[H, W]`` float32 in [0, 1], like :func:`make_scene`.
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"make_layout_scene: expected a positive size, got {height}x{width}; e.g. 512x640")
+    yy = np.linspace(-1.0, 1.0, height, dtype=np.float32)[:, None]
+    xx = np.linspace(-1.0, 1.0, width, dtype=np.float32)[None, :]
+    angle = layout.gradient_angle
+    scene = 0.35 + 0.08 * (np.cos(angle) * xx + np.sin(angle) * yy)
+    scene = scene + 0.03 * _smooth_noise(height, width, int(rng.integers(3, 6)), rng)
+    scene = scene + 0.02 * detail * _smooth_noise(height, width, int(rng.integers(12, 24)), rng)
+    rows = np.arange(height, dtype=np.float32)[:, None]
+    cols = np.arange(width, dtype=np.float32)[None, :]
+    horizon = layout.horizon * height
+    scene = scene - layout.sky_cold / (1.0 + np.exp((rows - horizon) / max(1.0, 0.01 * height)))
+    depth = np.clip((rows - horizon) / max(1.0, height - horizon), 0.0, 1.0)  # 0 at the horizon, 1 at the bottom
+    half = depth * layout.road_half_width * width
+    road = np.clip((half - np.abs(cols - layout.road_x * width)) / 2.0 + 0.5, 0.0, 1.0) * (rows > horizon)
+    scene = np.ascontiguousarray(scene + layout.road_heat * road, dtype=np.float32)
+    if detail >= 0.5:
+        _add_objects(scene, horizon, rng)
+    return _sensor(scene, xx, yy, rng)
 
 
 _IRONBOW = np.array(  # (position, r, g, b): black -> blue -> purple -> red -> orange -> yellow -> white
