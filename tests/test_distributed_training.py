@@ -262,3 +262,29 @@ def test_async_saves_on_two_ranks_resume_exactly_and_survive_a_killed_write(tmp_
     a = ckpt.load_checkpoint(tmp_path / "whole")["model"]
     b = ckpt.load_checkpoint(tmp_path / "async")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------------------------
+# held-out evaluation on 2 ranks: each rank evaluates its share, the sums are reduced
+# ----------------------------------------------------------------------------------------------
+def _job_evaluate(rank, data, out):
+    config = tiny_config(data, max_steps=2, eval_every=2)
+    config.data.val_fraction = 0.3
+    trainer = Trainer(config, out / "val")
+    trainer.fit()
+    result = trainer.evaluate()  # once more after training: every rank gets the reduced numbers
+    torch.save({"result": result.record(), "held_out": len(trainer.val_dataset)}, out / f"val_rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_validation_is_sharded_over_ranks_and_reduced(tmp_path, data):
+    spawn(_job_evaluate, data, tmp_path)
+    ranks = [torch.load(tmp_path / f"val_rank{r}.pt") for r in range(WORLD)]
+    assert ranks[0] == ranks[1]  # the same reduced numbers on every rank
+    result, held_out = ranks[0]["result"], ranks[0]["held_out"]
+    assert result["val_images"] == held_out - held_out % WORLD and result["val_images"] >= WORLD
+    assert 0 < result["val_loss"] < 10 and 0 < result["val_baseline_loss"] < 10
+    records = [json.loads(line) for line in (tmp_path / "val" / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "val_loss" in r]  # the run's evaluation at its end, then the test's
+    assert [r["step"] for r in logged] == [2, 2] and logged[1]["val_loss"] == result["val_loss"]
+    assert logged[0] | {"time": 0} == logged[1] | {"time": 0}  # the model did not change in between
