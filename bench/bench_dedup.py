@@ -10,8 +10,13 @@ a user would run it (default options), then:
 
 - per kind and strength: recall of the planted pairs (both files in one group), how many the 64-bit index
   proposes (pHash within ``--hamming`` bits), the pair's content similarity (min, 5th percentile), pHash
-  distances, and the recall the former rule (64-bit within 6 bits AND 256-bit within 48 bits) had;
+  distances, and the recall of the former rule (64-bit within 6 bits AND 256-bit within 48 bits)
+  applied to THIS scan's hashes (``recall_former_rule``; its own scan rounded the thumbnail to 8 bits,
+  which moves more bits: run it and pass its manifest as ``--compare-manifest`` for its true recall);
 - precision over every pair the groups imply, and the false pairs among the distinct scenes;
+- the same with a wider candidate radius (``--wide-hamming``, a second ``decide`` on the same scan), and
+  for the manifest of another version on the same collection (``--compare-manifest``, e.g. the rule
+  before this benchmark: ``recall_compared``);
 - the margin: the largest similarity of two DISTINCT scenes, over every pair of scenes that share a
   layout (about ``distinct**2 / (2 * layouts)`` pairs, whatever their pHashes) and over every pair of
   the collection within 12 pHash bits (twice the default candidate radius), planted pairs and pairs of
@@ -360,6 +365,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/tmp/dedup_bench"))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--hamming", type=int, default=6)
+    parser.add_argument("--wide-hamming", type=int, default=10, help="a second decide on the same scan")
+    parser.add_argument(
+        "--compare-manifest", type=Path, default=None, help="manifest.csv of another version on the same collection"
+    )
     parser.add_argument("--pan-speeds", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--pans", type=int, default=4)
     parser.add_argument("--pan-frames", type=int, default=60)
@@ -379,9 +388,27 @@ def main() -> None:
         start = time.perf_counter()
         decisions = decide(connection, hamming=opts.hamming)
         decide_times.append(time.perf_counter() - start)
+    # the same store with a wider candidate radius: what the index costs in recall, and whether the
+    # content check still holds when it is handed more (and more distant) candidates
+    wide = decide(connection, hamming=opts.wide_hamming)
     connection.close()
+    wide_levels, wide_summary = evaluate({p: {"group": g} for p, g in zip(wide.paths, wide.group)}, truth)
     rows = {r["path"]: r for r in read_manifest_rows(out / "manifest.csv")}
     levels, summary = evaluate(rows, truth)
+    if opts.compare_manifest is not None:  # another version's manifest of the same collection
+        other = {r["path"]: r for r in read_manifest_rows(opts.compare_manifest)}
+        other_levels, other_summary = evaluate(other, truth)
+        recall_other = {(r["kind"], str(r["strength"])): r["recall"] for r in other_levels}
+        for row in levels:
+            row["recall_compared"] = recall_other[(row["kind"], str(row["strength"]))]
+        keys = ("precision", "recall_all", "recall_bar", "recall_bar_by_look", "false_pairs", "low_detail_pairs_merged")
+        summary["compared"] = {k: other_summary[k] for k in keys} | {"manifest": str(opts.compare_manifest)}
+    recall_wide = {(r["kind"], str(r["strength"])): r["recall"] for r in wide_levels}
+    for row in levels:
+        row[f"recall_hamming{opts.wide_hamming}"] = recall_wide[(row["kind"], str(row["strength"]))]
+    summary[f"hamming{opts.wide_hamming}"] = {
+        k: wide_summary[k] for k in ("precision", "recall_all", "recall_bar", "false_pairs", "low_detail_pairs_merged")
+    } | {"candidate_pairs": wide.pairs_checked, "confirmed": wide.pairs_confirmed}
     summary.update(margins(out, truth, levels, opts.hamming))
     summary.update(
         images=len(truth),

@@ -39,13 +39,14 @@ def test_bar_strengths_all_found_no_false_pair(dedup_run):
 
 def test_margin_on_every_same_layout_pair(dedup_run):
     """Each distinct scene against every other of its layout (4 x 780 pairs), whatever their pHashes: all
-    well under the threshold; every planted copy well over it."""
+    well under the threshold; every planted copy over it."""
     root, truth, result, rows = dedup_run
     levels, _ = evaluate(rows, truth)
     margin = margins(root / "out", truth, levels, hamming=6)
     assert margin["same_layout_pairs"] == 4 * 40 * 39 // 2
     assert margin["same_layout_similarity_max"] < SIMILARITY_THRESHOLD - 0.1, margin
-    assert margin["bar_levels_similarity_min"] > SIMILARITY_THRESHOLD + 0.05, margin
+    # 320 px frames here: a 3 px shift is twice the share of the frame it is at 640 px (0.91 vs 0.96)
+    assert margin["bar_levels_similarity_min"] > SIMILARITY_THRESHOLD + 0.02, margin
     assert margin["wide_over_threshold"] == 0 and margin["same_layout_over_threshold"] == 0
     assert all(row["candidates"] == 1.0 for row in levels)  # the 64-bit index proposes every planted pair
 

@@ -1,7 +1,8 @@
 """Dataset curation (``infmae curate``): scan, fingerprint, filter, deduplicate, report.
 
 Modules: :mod:`.hashes` (8-bit view, entropy, pixel SHA-256, pHash), :mod:`.scan` (parallel, resumable
-scan into SQLite), :mod:`.index` (multi-index hashing, union-find), :mod:`.manifest` (decisions and
+scan into SQLite), :mod:`.index` (multi-index hashing, union-find), :mod:`.similarity` (the content
+check of candidate pairs), :mod:`.manifest` (decisions and
 ``manifest.csv``), :mod:`.report` (statistics and PNGs), :mod:`.pipeline` (the command).
 """
 

@@ -3,27 +3,33 @@
 Legend: K = number of thumbnails; P = number of pairs; S = :data:`THUMB_SIDE` (32).
 
 The 64-bit pHash index (:mod:`infmae.curate.index`) proposes pairs; this module decides whether a proposed
-pair shows the same content. Each image keeps its ``[S, S]`` uint8 Lanczos thumbnail of the 8-bit view
-(the one its pHash is computed from, stored in the scan store, 1 KiB), and a pair is compared as:
+pair shows the same content. Each image keeps its ``[S, S]`` percentile thumbnail
+(:func:`infmae.curate.hashes.percentile_thumbnail`: the unrounded Lanczos thumbnail of the 8-bit view, the
+one its pHash is computed from, each pixel replaced by its rank; 1 KiB in the scan store), and a pair is
+compared as:
 
-1. **percentile thumbnail** (:func:`detail_maps`): each pixel replaced by its percentile within its own
-   thumbnail (average rank of ties, in [0, 1]). Any increasing global mapping of the intensities (gain,
+1. **percentile thumbnail** (:func:`detail_maps`): each pixel's average rank within its thumbnail, in
+   [0, 1] (recomputed from the stored bytes). Any increasing global mapping of the intensities (gain,
    offset, gamma, an 8-bit export of a 16-bit frame, a camera's histogram-equalising AGC) leaves it
    unchanged, up to what the thumbnail's averaging mixes.
 2. **detail map**: that thumbnail minus its Gaussian blur (sigma :data:`BLUR_SIGMA` thumbnail pixels).
    The blur holds the coarse layout (sky, horizon, road, vignetting) that distinct scenes of one camera
    share; what is left is where the objects and textures are.
-3. **similarity** (:func:`similarity`): the normalised cross-correlation (Pearson) of the two detail maps
-   over their overlap, the largest over integer shifts of up to :data:`MAX_SHIFT` thumbnail pixels (a
-   camera shift of a few percent of the frame).
+3. **similarity** (:func:`similarity`): the normalised correlation of the two detail maps over their
+   overlap, the largest over integer shifts of up to :data:`MAX_SHIFT` thumbnail pixels.
 
-Measured on ``bench/bench_dedup.py``'s collection (640x512 / 640x480 thermal scenes, 8- and 16-bit):
-the raw thumbnails of distinct scenes that share a layout correlate up to 0.97, as high as true copies,
-while their detail maps correlate at most about 0.66; true copies at the issue's strengths (noise, a
-3 px shift, +10 % gain, 16 -> 8-bit exports, JPEG, a 90 % resize) at 0.96 and above. The threshold
-:data:`SIMILARITY_THRESHOLD` sits in that gap (see the README's curation section for the numbers).
-A thumbnail with no detail at all (a flat frame) correlates with nothing: such frames are grouped only as
-exact copies.
+So the two stages test different scales: the 64-bit pHash the coarse structure, this the fine one.
+Measured with ``bench/bench_dedup.py`` (16.9k generated 640x512 / 640x480 thermal scenes, 8- and
+16-bit, results in ``bench/results/bench_dedup_*``): the raw thumbnails of distinct scenes that share a
+layout correlate up to 0.97, as high as true copies do; their detail maps at most 0.787 over all 995,000
+same-layout pairs, 0.845 over every pair within 12 pHash bits (a scene with a few objects against an
+empty one of its layout), 0.63 over the index's candidates at the default 6 bits. True copies at the
+issue's strengths (noise, a 3 px shift, +10 % gain, 16 -> 8-bit exports, JPEG, a 90 % resize) score
+0.96 and above on 640 px frames, 0.91 on 320 px ones (the same shift is twice the share of the frame).
+:data:`SIMILARITY_THRESHOLD` = 0.88 sits between 0.845 and 0.91. Two scenes with no objects and one
+layout (an empty road hours apart) differ only in smooth shading and score up to 0.96: such pairs
+merge when their pHashes are close too, as near-duplicates of one view. A thumbnail with no detail at
+all (a flat frame) correlates with nothing: such frames are grouped only as exact copies.
 """
 
 from __future__ import annotations
@@ -35,13 +41,15 @@ from .hashes import THUMB_SIZE
 THUMB_SIDE = THUMB_SIZE
 THUMB_BYTES = THUMB_SIDE * THUMB_SIDE
 #: Gaussian sigma of the layout removed from each percentile thumbnail, in thumbnail pixels (1/16 of the
-#: frame). Measured 1..4: 2 keeps the layout out (distinct scenes <= 0.66) while a 3 px shift, JPEG q50
-#: and histogram equalisation still correlate >= 0.96; 4 lets layout through (distinct up to 0.77).
+#: frame). Measured 1..4 on 900 planted pairs and 8,000 same-layout pairs: 2 keeps the layout out
+#: (distinct scenes <= 0.66) while a 3 px shift and histogram equalisation still correlate >= 0.96;
+#: 4 lets the layout through (distinct up to 0.77); 1 leaves mostly noise (copies down to 0.92).
 BLUR_SIGMA = 2.0
 #: Largest shift searched, thumbnail pixels (1 = 1/32 of the frame, 20 px of a 640 px frame).
 MAX_SHIFT = 1
-#: A proposed pair is the same content when :func:`similarity` >= this (margins in the module docstring).
-SIMILARITY_THRESHOLD = 0.85
+#: A proposed pair is the same content when :func:`similarity` >= this: between the most similar distinct
+#: scenes (0.845) and the least similar copies at the issue's strengths (0.91 at 320 px, 0.96 at 640 px).
+SIMILARITY_THRESHOLD = 0.88
 _PAIR_BLOCK = 2048  # pairs per vectorised block: their maps and integral images stay in a few MiB
 #: Energy (sum of squares) under which a detail map counts as flat: a constant thumbnail leaves float32
 #: rounding of about 1e-8 per pixel (1e-13 in all); one differing pixel of 1024 already gives about 1e-3.
