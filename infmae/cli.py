@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _pack(args: argparse.Namespace) -> int:
-    from infmae.data.folder import manifest_base, read_manifest, scan_folder
+    from infmae.data.folder import scan_folder
+    from infmae.data.manifest import manifest_base, read_manifest
     from infmae.data.packed import pack_dataset
 
     setup_logging()

@@ -3,9 +3,10 @@ augmentation, the reference folder dataset and loader, packed training copies, a
 source. The DALI loader lives in :mod:`infmae.data.dali` (imported only when chosen)."""
 
 from .batch import Batch
-from .folder import ImageFolderDataset, read_manifest, scan_folder
+from .folder import ImageFolderDataset, scan_folder
 from .io import IMAGE_EXTENSIONS, ImageInfo, ImageReadError, read_image, read_image_header, read_image_info
 from .loader import ReferenceLoader, collate
+from .manifest import MANIFEST_COLUMNS, read_manifest, read_manifest_rows
 from .mapping import SIXTEEN_BIT_MODES, apply_range, image_range, image_range_torch, to_unit_float
 from .packed import PackedReader, is_pack, pack_dataset
 from .synthetic import BAD_FILES, IGNORED_FILES, generate_dataset, make_scene, write_image
@@ -22,6 +23,7 @@ from .transforms import (
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MANIFEST_COLUMNS",
     "SIXTEEN_BIT_MODES",
     "BAD_FILES",
     "IGNORED_FILES",
@@ -47,6 +49,7 @@ __all__ = [
     "read_image_header",
     "read_image_info",
     "read_manifest",
+    "read_manifest_rows",
     "resized_crop",
     "sample_augment",
     "sample_crop",

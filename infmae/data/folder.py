@@ -31,8 +31,6 @@ skip them without a new decode attempt or warning (the substitution itself does 
 from __future__ import annotations
 
 import copy
-import csv
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -43,6 +41,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .io import IMAGE_EXTENSIONS, ImageReadError, read_image, read_image_info
+from .manifest import manifest_base, read_kept_rows
 from .mapping import SIXTEEN_BIT_MODES, apply_range, image_range
 from .packed import PackedReader, is_pack, too_small_reason
 from .transforms import (
@@ -59,8 +58,6 @@ from .transforms import (
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_REQUIRED_COLUMNS: tuple[str, ...] = ("path", "status")
-
 
 def scan_folder(root: Path) -> list[str]:
     """Relative ``/``-separated paths of the image files under ``root``, sorted; hidden entries skipped."""
@@ -76,86 +73,6 @@ def scan_folder(root: Path) -> list[str]:
     return found
 
 
-def _escapes_root(root_abs: str, rel: str) -> str | None:
-    """Where ``rel`` leads when that is outside ``root_abs`` (an absolute, normalised folder), else None.
-
-    Lexical first (``os.path.normpath``: ``..`` components, absolute paths); a path with a ``..`` component
-    is also resolved (``os.path.realpath``), since ``link/..`` leaves through a link to a folder. Links
-    inside the root reached without ``..`` are followed: whoever can write the root chose them.
-    """
-    target = os.path.normpath(os.path.join(root_abs, rel))
-    if os.path.commonpath([root_abs, target]) != root_abs:
-        return target
-    if ".." in Path(rel).parts:
-        real_root, real_target = os.path.realpath(root_abs), os.path.realpath(os.path.join(root_abs, rel))
-        if os.path.commonpath([real_root, real_target]) != real_root:
-            return real_target
-    return None
-
-
-def read_manifest(
-    manifest: Path,
-    kinds: list[tuple[int, int] | None] | None = None,
-    *,
-    root: str | os.PathLike | None = None,
-    allow_outside_root: bool = False,
-) -> tuple[list[str], list[tuple[int, int] | None]]:
-    """Rows of a curate manifest with ``status == "keep"``: (relative paths, (width, height) or None).
-
-    ``kinds``, when given, receives ``(channels, bits)`` per kept row (None where the columns are empty).
-    ``root`` is the folder the paths are relative to (default :func:`manifest_base`). A kept row whose
-    path leads outside it (``../../x.png``, ``/etc/x.png``) raises ValueError naming the row, unless
-    ``allow_outside_root`` (``data.allow_outside_root``, ``infmae pack --allow-outside-root``).
-    """
-    root_abs = os.path.abspath(manifest_base(manifest) if root is None else root)
-    with open(manifest, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        missing = [c for c in MANIFEST_REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise ValueError(
-                f"ImageFolderDataset: expected manifest columns {MANIFEST_REQUIRED_COLUMNS}, got {columns} in "
-                f"{manifest}; write it with `infmae curate SRC -o OUT`"
-            )
-        paths: list[str] = []
-        sizes: list[tuple[int, int] | None] = []
-        dropped_rows = outside = 0
-        for row in reader:
-            if (row.get("status") or "").strip() != "keep":
-                dropped_rows += 1
-                continue
-            rel = row["path"].strip()
-            target = _escapes_root(root_abs, rel)
-            if target is not None:
-                if not allow_outside_root:
-                    raise ValueError(
-                        f"manifest: expected the kept rows of {manifest} to stay inside their root {root_abs}, "
-                        f"got line {reader.line_num} with path {rel!r}, which leads to {target}; fix or drop the "
-                        "row, or, for a manifest you trust, set data.allow_outside_root=true "
-                        "(infmae pack: --allow-outside-root)"
-                    )
-                outside += 1
-            paths.append(rel)
-            try:
-                sizes.append((int(row["width"]), int(row["height"])))
-            except (KeyError, TypeError, ValueError):
-                sizes.append(None)
-            if kinds is not None:
-                try:
-                    kinds.append((int(row["channels"]), int(row["bits"])))
-                except (KeyError, TypeError, ValueError):
-                    kinds.append(None)
-    if outside:
-        logger.warning(
-            "manifest %s: %d kept rows lead outside its root %s (allowed by allow_outside_root)",
-            manifest,
-            outside,
-            root_abs,
-        )
-    logger.info("manifest %s: %d rows kept, %d rows not 'keep'", manifest, len(paths), dropped_rows)
-    return paths, sizes
-
-
 def _what_is(path: Path) -> str:
     if not path.exists():
         return "no such file or folder"
@@ -166,23 +83,6 @@ def _data_path_hint(path: Path) -> str:
     if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
         return f"point --data at the folder that holds it: --data {path.parent}"
     return "check the data path"
-
-
-def manifest_base(manifest: Path) -> Path:
-    """The folder a manifest's paths are relative to when no ``base`` is given: the ``source`` that
-    ``infmae curate`` recorded in ``curate.json`` beside the CSV, else the CSV's own folder."""
-    info = manifest.parent / "curate.json"
-    if info.is_file():
-        try:
-            source = json.loads(info.read_text()).get("source")
-        except (OSError, ValueError) as exc:
-            raise ValueError(
-                f"ImageFolderDataset: expected {info} to be JSON written by `infmae curate`, got an unreadable file "
-                f"({exc}); re-run curate or pass base"
-            ) from None
-        if source:
-            return Path(source)
-    return manifest.parent
 
 
 class ImageFolderDataset(Dataset):
@@ -274,9 +174,8 @@ class ImageFolderDataset(Dataset):
         listed_kinds: list[tuple[int, int] | None] = []
         if root.is_file() and root.suffix.lower() == ".csv":
             self.root_dir = Path(base) if base is not None else manifest_base(root)
-            candidates, listed_sizes = read_manifest(
-                root, listed_kinds, root=self.root_dir, allow_outside_root=allow_outside_root
-            )
+            kept = read_kept_rows(root, root=self.root_dir, allow_outside_root=allow_outside_root)
+            candidates, listed_sizes, listed_kinds = kept.paths, kept.sizes, kept.kinds
             source = f"manifest {root} (paths relative to {self.root_dir})"
         elif root.is_dir() and is_pack(root):
             if base is not None:
