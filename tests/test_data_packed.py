@@ -54,12 +54,12 @@ def test_pack_round_trip_is_exact_for_every_format(tmp_path):
 
 
 def test_pack_stores_the_reference_range(tmp_path):
-    from infmae.data.mapping import image_range
+    from infmae.data.mapping import SixteenBitMapping, image_range
 
     src = _format_zoo(tmp_path / "src")
-    pack_dataset(scan_folder(src), src, tmp_path / "pack", workers=1, low=1.0, high=99.0)
+    pack_dataset(scan_folder(src), src, tmp_path / "pack", workers=1, mapping=SixteenBitMapping(low=1.0, high=99.0))
     reader = PackedReader(tmp_path / "pack")
-    assert reader.mapping == ("percentile", 1.0, 99.0)
+    assert reader.mapping == SixteenBitMapping("percentile", 1.0, 99.0)
     for i, entry in enumerate(reader.entries):
         assert (entry.lo, entry.hi) == image_range(reader.read(i), "percentile", 1.0, 99.0), entry.path
 

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from .io import ImageReadError, read_image
-from .mapping import SIXTEEN_BIT_MODES, image_range
+from .mapping import DEFAULT_MAPPING, SixteenBitMapping
 
 logger = logging.getLogger(__name__)
 
@@ -165,10 +165,10 @@ def too_small_reason(width: int, height: int, min_size: int) -> str:
     return f"too_small: {width}x{height} has both sides under {min_size} px"
 
 
-def _pack_one(job: tuple[str, str, int | None, int, str, float, float, int]) -> dict:
+def _pack_one(job: tuple[str, str, int | None, int, SixteenBitMapping, int]) -> dict:
     """Worker: read, cap, measure and compress one file; returns a row dict with its chunks, or the reason
     it is left out (``error``: ``unreadable: ...`` or ``too_small: ...``)."""
-    rel, path, max_side, chunk_bytes, mode, low, high, min_size = job
+    rel, path, max_side, chunk_bytes, mapping, min_size = job
     try:
         array = read_image(path)
     except ImageReadError as exc:
@@ -178,7 +178,7 @@ def _pack_one(job: tuple[str, str, int | None, int, str, float, float, int]) -> 
         return {"path": rel, "error": too_small_reason(source_w, source_h, min_size)}
     if max_side:
         array = cap_longer_side(array, max_side)
-    lo, hi = image_range(array, mode, low, high)
+    lo, hi = mapping.range(array)
     chunk_len, chunks = compress_image(array, chunk_bytes)
     return {
         "path": rel,
@@ -204,23 +204,21 @@ def pack_dataset(
     shard_bytes: int = 1 << 30,
     chunk_bytes: int = CHUNK_BYTES,
     workers: int | None = None,
-    sixteen_bit_mode: str = "percentile",
-    low: float = 0.5,
-    high: float = 99.5,
+    mapping: SixteenBitMapping = DEFAULT_MAPPING,
     source: str = "",
     min_size: int = 20,
 ) -> dict:
     """Write a pack of ``files`` (paths relative to ``root``) to the folder ``out``.
 
     Args:
-        files: relative paths, e.g. from :func:`infmae.data.folder.scan_folder` or a manifest's kept rows.
+        files: relative paths, e.g. from :func:`infmae.data.catalogue.scan_folder` or a manifest's kept rows.
         root: the folder they are relative to.
         out: the pack folder to create (must not exist).
         max_side: cap the longer side at this many pixels (lossy); ``None`` keeps every pixel.
         shard_bytes: start a new shard after this many compressed bytes.
         chunk_bytes: the largest inflated chunk (nvCOMP's LZ4 allows up to 16 MiB).
         workers: processes reading and compressing (default: all cores).
-        sixteen_bit_mode, low, high: the mapping whose per-image range is stored (match the training config).
+        mapping: the 16-bit rule whose per-image range is stored (match the training config).
         source: a description of the source, recorded in ``pack.json``.
         min_size: leave out images whose width AND height are both under it (``too_small``); 0 keeps all.
 
@@ -234,8 +232,6 @@ def pack_dataset(
         raise FileExistsError(f"pack: expected a new output folder, got existing {out}; remove it or choose another -o")
     if max_side is not None and max_side < 16:
         raise ValueError(f"pack: expected max_side >= 16 (one patch), got {max_side}; e.g. --max-side 1024")
-    if sixteen_bit_mode not in SIXTEEN_BIT_MODES:
-        raise ValueError(f"pack: expected sixteen_bit_mode in {SIXTEEN_BIT_MODES}, got {sixteen_bit_mode!r}")
     if not 1 <= chunk_bytes <= 1 << 24:
         raise ValueError(f"pack: expected 1 <= chunk_bytes <= 16 MiB (nvCOMP's LZ4 limit), got {chunk_bytes}")
     if min_size < 0:
@@ -247,7 +243,7 @@ def pack_dataset(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     workers = workers or os.cpu_count() or 1
-    jobs = [(rel, str(root / rel), max_side, chunk_bytes, sixteen_bit_mode, low, high, min_size) for rel in files]
+    jobs = [(rel, str(root / rel), max_side, chunk_bytes, mapping, min_size) for rel in files]
     shards: list[str] = []
     skipped: list[tuple[str, str]] = []
     raw_bytes = packed_bytes = 0
@@ -319,7 +315,7 @@ def pack_dataset(
         "shards": shards,
         "chunk_bytes": chunk_bytes,
         "max_side": max_side,
-        "mapping": {"sixteen_bit_mode": sixteen_bit_mode, "low": low, "high": high},
+        "mapping": mapping.to_dict(),
         "raw_bytes": raw_bytes,
         "packed_bytes": packed_bytes,
         "source": source or str(root),
@@ -414,10 +410,9 @@ class PackedReader:
         return int(self.info.get("min_size", 0))
 
     @property
-    def mapping(self) -> tuple[str, float, float]:
-        """``(sixteen_bit_mode, low, high)`` the stored ranges were computed with."""
-        m = self.info["mapping"]
-        return m["sixteen_bit_mode"], float(m["low"]), float(m["high"])
+    def mapping(self) -> SixteenBitMapping:
+        """The 16-bit rule the stored ranges were computed with."""
+        return SixteenBitMapping.from_dict(self.info["mapping"])
 
     def __getstate__(self) -> dict:  # mmaps do not pickle; workers reopen them
         state = dict(self.__dict__)
