@@ -1,7 +1,8 @@
 """Data: the batch contract, image reading at true bit depth, the catalogue of images (folder, manifest,
 pack; the unreadable registry), the manifest format, the sample spec (crop, flip, 16-bit mapping,
 normalisation), the released augmentation, the reference dataset and loader, packed training copies,
-and a synthetic infrared source. The DALI loader lives in :mod:`infmae.data.dali` (imported only when chosen)."""
+and a synthetic infrared source. The augmentation's functions are in :mod:`infmae.data.transforms`; the
+DALI loader lives in :mod:`infmae.data.dali` (imported only when chosen)."""
 
 from .batch import Batch
 from .catalogue import Catalogue, UnreadableFiles, scan_folder
@@ -21,16 +22,7 @@ from .mapping import (
 from .packed import PackedReader, is_pack, pack_dataset
 from .spec import SampleSpec
 from .synthetic import BAD_FILES, IGNORED_FILES, generate_dataset, make_scene, write_image
-from .transforms import (
-    AugmentParams,
-    apply_augment,
-    hflip,
-    normalize,
-    resized_crop,
-    sample_augment,
-    sample_crop,
-    sample_seed,
-)
+from .transforms import AugmentParams
 
 __all__ = [
     "DEFAULT_MAPPING",
@@ -50,26 +42,19 @@ __all__ = [
     "ImageFolderDataset",
     "ImageReadError",
     "ReferenceLoader",
-    "apply_augment",
     "apply_range",
     "collate",
     "generate_dataset",
-    "hflip",
     "image_range",
     "image_range_torch",
     "is_pack",
     "pack_dataset",
     "make_scene",
-    "normalize",
     "read_image",
     "read_image_header",
     "read_image_info",
     "read_manifest",
     "read_manifest_rows",
-    "resized_crop",
-    "sample_augment",
-    "sample_crop",
-    "sample_seed",
     "scan_folder",
     "to_unit_float",
     "write_image",

@@ -269,11 +269,6 @@ def _image_ranges_torch(images: list[torch.Tensor], mapping: SixteenBitMapping) 
     return out
 
 
-def image_range_torch(
-    x: torch.Tensor,
-    mode: str = DEFAULT_MAPPING.mode,
-    low: float = DEFAULT_MAPPING.low,
-    high: float = DEFAULT_MAPPING.high,
-) -> tuple[float, float]:
-    """:func:`image_ranges_torch` of one image."""
-    return image_ranges_torch([x], mode, low, high)[0]
+def image_range_torch(x: torch.Tensor, *rule) -> tuple[float, float]:
+    """:func:`image_ranges_torch` of one image; ``rule``: its ``mode, low, high``."""
+    return image_ranges_torch([x], *rule)[0]
