@@ -195,6 +195,66 @@ def _pack_one(job: tuple[str, str, int | None, int, SixteenBitMapping, int]) -> 
     }
 
 
+class _ShardWriter:
+    """Appends compressed chunks to ``shard-NNNNN.bin`` files in ``folder``, starting a new shard once one
+    holds ``shard_bytes`` or more."""
+
+    def __init__(self, folder: Path, shard_bytes: int):
+        self.folder = folder
+        self.shard_bytes = shard_bytes
+        self.names: list[str] = []
+        self.written = 0  # compressed bytes in all shards
+        self._handle = None
+        self._fill = 0
+
+    def write(self, chunks: Sequence[bytes]) -> tuple[int, int, list[int], int]:
+        """Write one image's chunks back to back: ``(shard, offset, chunk sizes, CRC-32 of the chunks)``."""
+        if self._handle is None or self._fill >= self.shard_bytes:
+            self.close()
+            self.names.append(f"shard-{len(self.names):05d}.bin")
+            self._handle = open(self.folder / self.names[-1], "wb")
+            self._fill = 0
+        offset, crc = self._fill, 0
+        for chunk in chunks:
+            self._handle.write(chunk)
+            crc = zlib.crc32(chunk, crc)
+        sizes = [len(c) for c in chunks]
+        self._fill += sum(sizes)
+        self.written += sum(sizes)
+        return len(self.names) - 1, offset, sizes, crc
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> _ShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _index_row(row: dict, shard: int, offset: int, sizes: list[int], crc: int) -> list:
+    """One ``index.csv`` row (:data:`INDEX_COLUMNS`) of a packed image."""
+    return [
+        row["path"],
+        shard,
+        offset,
+        row["chunk_len"],
+        ";".join(map(str, sizes)),
+        row["height"],
+        row["width"],
+        row["channels"],
+        row["bits"],
+        repr(float(row["lo"])),
+        repr(float(row["hi"])),
+        row["source_height"],
+        row["source_width"],
+        crc,
+    ]
+
+
 def pack_dataset(
     files: Sequence[str],
     root: str | os.PathLike,
@@ -244,13 +304,13 @@ def pack_dataset(
     tmp.mkdir(parents=True)
     workers = workers or os.cpu_count() or 1
     jobs = [(rel, str(root / rel), max_side, chunk_bytes, mapping, min_size) for rel in files]
-    shards: list[str] = []
     skipped: list[tuple[str, str]] = []
-    raw_bytes = packed_bytes = 0
-    shard_handle = None
-    shard_fill = 0
+    raw_bytes = 0
     start = time.monotonic()
-    with open(tmp / "index.csv", "w", newline="", encoding="utf-8") as index_handle:
+    with (
+        open(tmp / "index.csv", "w", newline="", encoding="utf-8") as index_handle,
+        _ShardWriter(tmp, shard_bytes) as shards,
+    ):
         writer = csv.writer(index_handle)
         writer.writerow(INDEX_COLUMNS)
         pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
@@ -261,46 +321,15 @@ def pack_dataset(
                     logger.warning("pack: skipping %s: %s", root / row["path"], row["error"])
                     skipped.append((row["path"], row["error"]))
                     continue
-                if shard_handle is None or shard_fill >= shard_bytes:
-                    if shard_handle is not None:
-                        shard_handle.close()
-                    shards.append(f"shard-{len(shards):05d}.bin")
-                    shard_handle = open(tmp / shards[-1], "wb")
-                    shard_fill = 0
-                offset, crc = shard_fill, 0
-                for chunk in row["chunks"]:
-                    shard_handle.write(chunk)
-                    shard_fill += len(chunk)
-                    crc = zlib.crc32(chunk, crc)
-                sizes = [len(c) for c in row["chunks"]]
-                packed_bytes += sum(sizes)
+                writer.writerow(_index_row(row, *shards.write(row["chunks"])))
                 raw_bytes += row["height"] * row["width"] * row["channels"] * row["bits"] // 8
-                writer.writerow(
-                    [
-                        row["path"],
-                        len(shards) - 1,
-                        offset,
-                        row["chunk_len"],
-                        ";".join(map(str, sizes)),
-                        row["height"],
-                        row["width"],
-                        row["channels"],
-                        row["bits"],
-                        repr(float(row["lo"])),
-                        repr(float(row["hi"])),
-                        row["source_height"],
-                        row["source_width"],
-                        crc,
-                    ]
-                )
                 if done % 5000 == 0 or done == len(jobs):
                     elapsed = time.monotonic() - start
                     logger.info("pack: %d / %d files (%.0f files/s)", done, len(jobs), done / max(elapsed, 1e-9))
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
-    if shard_handle is not None:
-        shard_handle.close()
+    packed_bytes = shards.written
     count = len(jobs) - len(skipped)
     if count == 0:
         shutil.rmtree(tmp)
@@ -312,7 +341,7 @@ def pack_dataset(
         "format": PACK_FORMAT,
         "version": PACK_VERSION,
         "count": count,
-        "shards": shards,
+        "shards": shards.names,
         "chunk_bytes": chunk_bytes,
         "max_side": max_side,
         "mapping": mapping.to_dict(),
@@ -331,7 +360,7 @@ def pack_dataset(
         count,
         raw_bytes / 1e6,
         packed_bytes / 1e6,
-        len(shards),
+        len(shards.names),
         raw_bytes / max(packed_bytes, 1),
         len(skipped),
         out,
