@@ -17,13 +17,13 @@ from infmae.data.dali import DaliLoader, decode_file, import_dali  # noqa: E402
 from infmae.data.io import ImageReadError  # noqa: E402
 from infmae.data.packed import pack_dataset  # noqa: E402
 
-from .test_data_packed import _format_zoo  # noqa: E402
+from .test_data_packed import format_zoo  # noqa: E402
 from .tolerances import TOLERANCES  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    root = _format_zoo(tmp_path_factory.mktemp("zoo") / "src")
+    root = format_zoo(tmp_path_factory.mktemp("zoo") / "src")
     pack = root.parent / "pack"
     pack_dataset(scan_folder(root), root, pack, workers=1)
     return root, pack

@@ -199,7 +199,7 @@ def to_unit_float(
     return apply_range(array, float(lo), float(hi))
 
 
-def _histogram_uint16(flat: torch.Tensor, scatter: bool) -> torch.Tensor:
+def histogram_uint16(flat: torch.Tensor, scatter: bool) -> torch.Tensor:
     """[65536] int64 counts of the values of ``flat`` (int32 in [0, 65535]). ``scatter``: a scatter-add
     (integer atomics: exact), which unlike CUDA's ``bincount`` reads nothing back to the host."""
     if scatter:
@@ -245,7 +245,7 @@ def _image_ranges_torch(images: list[torch.Tensor], mapping: SixteenBitMapping) 
                 below = int(np.floor(virtual))
                 positions += [below, min(below + 1, n - 1)]
                 plan.append(virtual - below)
-            cumulative = _histogram_uint16(flat, scatter=flat.is_cuda).cumsum_(0)
+            cumulative = histogram_uint16(flat, scatter=flat.is_cuda).cumsum_(0)
             wanted = torch.tensor(positions, device=x.device, dtype=cumulative.dtype)
             parts.append(torch.searchsorted(cumulative, wanted, right=True).to(torch.int32))
         plans.append(plan)
