@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from infmae.config import PRESETS, Config, ModelConfig, apply_overrides, preset
-from infmae.data.mapping import SIXTEEN_BIT_MODES
+from infmae.data.mapping import DEFAULT_MAPPING, SIXTEEN_BIT_MODES, SixteenBitMapping
 from infmae.logging_utils import log_failure, setup_logging
 
 log = logging.getLogger("infmae")
@@ -260,18 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k.add_argument(
         "--sixteen-bit-mode",
-        default="percentile",
+        default=DEFAULT_MAPPING.mode,
         choices=SIXTEEN_BIT_MODES,
         help="mapping whose ranges are stored; match data.sixteen_bit_mode (percentile)",
     )
-    k.add_argument("--low", type=float, default=0.5, help="low percentile of that mapping (0.5)")
-    k.add_argument("--high", type=float, default=99.5, help="high percentile of that mapping (99.5)")
+    k.add_argument(
+        "--low", type=float, default=DEFAULT_MAPPING.low, help="low percentile of that mapping (%(default)s)"
+    )
+    k.add_argument(
+        "--high", type=float, default=DEFAULT_MAPPING.high, help="high percentile of that mapping (%(default)s)"
+    )
     k.set_defaults(func=_pack)
     return parser
 
 
 def _pack(args: argparse.Namespace) -> int:
-    from infmae.data.folder import manifest_base, read_manifest, scan_folder
+    from infmae.data.catalogue import scan_folder
+    from infmae.data.manifest import manifest_base, read_manifest
     from infmae.data.packed import pack_dataset
 
     setup_logging()
@@ -292,9 +297,7 @@ def _pack(args: argparse.Namespace) -> int:
         max_side=args.max_side,
         shard_bytes=args.shard_mb << 20,
         workers=args.workers,
-        sixteen_bit_mode=args.sixteen_bit_mode,
-        low=args.low,
-        high=args.high,
+        mapping=SixteenBitMapping(args.sixteen_bit_mode, args.low, args.high),
         source=str(src),
         min_size=args.min_size,
     )

@@ -17,13 +17,13 @@ from infmae.data.dali import DaliLoader, decode_file, import_dali  # noqa: E402
 from infmae.data.io import ImageReadError  # noqa: E402
 from infmae.data.packed import pack_dataset  # noqa: E402
 
-from .test_data_packed import _format_zoo  # noqa: E402
+from .test_data_packed import format_zoo  # noqa: E402
 from .tolerances import TOLERANCES  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    root = _format_zoo(tmp_path_factory.mktemp("zoo") / "src")
+    root = format_zoo(tmp_path_factory.mktemp("zoo") / "src")
     pack = root.parent / "pack"
     pack_dataset(scan_folder(root), root, pack, workers=1)
     return root, pack
@@ -166,11 +166,11 @@ def test_a_file_only_the_gpu_decoder_rejects_is_found_by_a_gpu_probe(synthetic, 
         return decode_file(path, rgb=rgb)
 
     monkeypatch.setattr(dali_module, "decode_file", fake_decode)
-    assert loader._find_undecodable(good) == []  # CPU loader: the CPU probe is the pipeline's own decoder
+    assert loader.find_undecodable(good) == []  # CPU loader: the CPU probe is the pipeline's own decoder
     assert {d for _, d in probed} == {None}
     monkeypatch.setattr(loader, "device_id", 0)  # as if the loader decoded on GPU 0
     probed.clear()
-    assert loader._find_undecodable(good) == [
+    assert loader.find_undecodable(good) == [
         (victim, "DALI cannot decode it (nvJPEG: unsupported marker) on the GPU decoder")
     ]
     assert [d for _, d in probed] == [None] * 3 + [0] * 3  # CPU first, then the GPU decoder

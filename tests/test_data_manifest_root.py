@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from infmae.cli import main
-from infmae.data.folder import ImageFolderDataset, read_manifest
+from infmae.data.folder import ImageFolderDataset
+from infmae.data.manifest import read_manifest
 from infmae.data.synthetic import write_image
 
 INSIDE = ["./a.png", "sub/dir/b.png", "sub/../c.png"]  # all inside the root

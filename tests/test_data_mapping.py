@@ -118,9 +118,9 @@ def test_image_ranges_torch_equals_the_numpy_rule(histogram, monkeypatch):
     from infmae.data import mapping
     from infmae.data.mapping import image_range_torch, image_ranges_torch
 
-    histogram_uint16 = mapping._histogram_uint16
+    histogram_uint16 = mapping.histogram_uint16
     monkeypatch.setattr(
-        mapping, "_histogram_uint16", lambda flat, scatter: histogram_uint16(flat, scatter=histogram == "scatter_add")
+        mapping, "histogram_uint16", lambda flat, scatter: histogram_uint16(flat, scatter=histogram == "scatter_add")
     )
 
     rng = np.random.default_rng(0)

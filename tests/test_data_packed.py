@@ -14,7 +14,7 @@ from infmae.data.packed import CHUNK_BYTES, PackedReader, cap_longer_side, chunk
 from infmae.data.synthetic import write_image
 
 
-def _format_zoo(root):
+def format_zoo(root):
     """One file per format x bit depth x channels, incl. the extreme sizes 40x23 and 6912x1024."""
     rng = np.random.default_rng(7)
     g8 = rng.integers(0, 256, (23, 40), dtype=np.uint8)
@@ -38,7 +38,7 @@ def _format_zoo(root):
 
 
 def test_pack_round_trip_is_exact_for_every_format(tmp_path):
-    src = _format_zoo(tmp_path / "src")
+    src = format_zoo(tmp_path / "src")
     files = scan_folder(src)
     info = pack_dataset(files, src, tmp_path / "pack", workers=2)
     assert info["count"] == len(files) == 11 and not info["skipped"]
@@ -54,12 +54,12 @@ def test_pack_round_trip_is_exact_for_every_format(tmp_path):
 
 
 def test_pack_stores_the_reference_range(tmp_path):
-    from infmae.data.mapping import image_range
+    from infmae.data.mapping import SixteenBitMapping, image_range
 
-    src = _format_zoo(tmp_path / "src")
-    pack_dataset(scan_folder(src), src, tmp_path / "pack", workers=1, low=1.0, high=99.0)
+    src = format_zoo(tmp_path / "src")
+    pack_dataset(scan_folder(src), src, tmp_path / "pack", workers=1, mapping=SixteenBitMapping(low=1.0, high=99.0))
     reader = PackedReader(tmp_path / "pack")
-    assert reader.mapping == ("percentile", 1.0, 99.0)
+    assert reader.mapping == SixteenBitMapping("percentile", 1.0, 99.0)
     for i, entry in enumerate(reader.entries):
         assert (entry.lo, entry.hi) == image_range(reader.read(i), "percentile", 1.0, 99.0), entry.path
 

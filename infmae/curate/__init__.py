@@ -6,8 +6,9 @@ check of candidate pairs), :mod:`.manifest` (decisions and
 ``manifest.csv``), :mod:`.report` (statistics and PNGs), :mod:`.pipeline` (the command).
 """
 
+from infmae.data.manifest import MANIFEST_COLUMNS, read_manifest_rows
+
 from .hashes import eight_bit_view, entropy_bits, phash64, pixel_sha256
-from .manifest import MANIFEST_COLUMNS, read_manifest_rows
 from .pipeline import CurateResult, curate
 
 __all__ = [

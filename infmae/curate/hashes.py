@@ -37,7 +37,7 @@ import hashlib
 import numpy as np
 from PIL import Image
 
-from infmae.data.mapping import image_range
+from infmae.data.mapping import DEFAULT_MAPPING
 
 THUMB_SIZE = 32
 HASH_SIDE = 8
@@ -64,7 +64,7 @@ def eight_bit_view(array: np.ndarray) -> np.ndarray:
             "decode with infmae.data.io.read_image"
         )
     if array.dtype == np.uint16:
-        lo, hi = image_range(array, "percentile", 0.5, 99.5)
+        lo, hi = DEFAULT_MAPPING.range(array)
         if hi > lo:
             unit = np.clip((array.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
         else:  # flat image: the mapping's rule sends it to zeros

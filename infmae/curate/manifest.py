@@ -22,18 +22,14 @@ From the scan rows (:mod:`infmae.curate.scan`), in this order:
    for every member, anchor included; ``anchor`` is the anchor's path.
    Files in no group have both empty.
 
-``OUT/manifest.csv`` has one row per file (sorted by path, ``/``-separated, relative to SRC) with the
-columns :data:`MANIFEST_COLUMNS`; it is written to a temporary name and renamed, so it is never half
-written. ``OUT/curate.json`` records the absolute SRC (the loader resolves the paths against it), the
-options and the counts.
+``OUT/manifest.csv`` has one row per file (sorted by path, ``/``-separated, relative to SRC) in the format
+of :mod:`infmae.data.manifest` (its one owner, which also reads it), as does ``OUT/curate.json`` (the
+absolute SRC the loader resolves the paths against, the options and the counts).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import os
 import re
 import sqlite3
 from collections import defaultdict
@@ -42,30 +38,14 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from infmae.data.manifest import KEEP, write_manifest_rows
+
 from .hashes import popcount64
 from .index import UnionFind, near_pairs
 from .similarity import SIMILARITY_THRESHOLD, THUMB_BYTES, detail_maps, similarity, thumbs_from_blobs
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS: tuple[str, ...] = (
-    "path",
-    "status",
-    "reason",
-    "width",
-    "height",
-    "bits",
-    "channels",
-    "entropy",
-    "sha256",
-    "phash",
-    "group",
-    "anchor",
-    "format",
-    "size_bytes",
-    "phash256",
-    "error",
-)
 REASONS: tuple[str, ...] = ("unreadable", "too_small", "duplicate", "near_duplicate")
 ANCHOR_RULES: tuple[str, ...] = ("largest", "entropy")
 #: Rejected candidate pairs kept for the report (the closest pairs NOT merged: the margin).
@@ -299,53 +279,34 @@ def decide(
 
 def write_manifest(connection: sqlite3.Connection, decisions: Decisions, out: Path) -> Path:
     """Stream ``OUT/manifest.csv`` from the store and the decisions (rows in path order)."""
-    path = Path(out) / "manifest.csv"
-    partial = path.with_suffix(".csv.partial")
     cursor = connection.execute(
         "SELECT path, width, height, bits, channels, entropy, sha256, phash, format, size, phash256, error "
         "FROM files ORDER BY path"
     )
-    with open(partial, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(MANIFEST_COLUMNS)
+
+    def rows():
         for i, (rel, width, height, bits, channels, entropy, sha, phash, fmt, size, phash256, error) in enumerate(
             cursor
         ):
             assert rel == decisions.paths[i], "store changed while writing the manifest"
             reason = decisions.reason[i]
-            writer.writerow(
-                [
-                    rel,
-                    "drop" if reason else "keep",
-                    reason,
-                    "" if width is None else width,
-                    "" if height is None else height,
-                    "" if bits is None else bits,
-                    "" if channels is None else channels,
-                    "" if entropy is None else f"{entropy:.4f}",
-                    sha or "",
-                    phash or "",
-                    decisions.group[i],
-                    decisions.anchor[i],
-                    fmt or "",
-                    size,
-                    phash256 or "",
-                    error or "",
-                ]
+            yield (
+                rel,
+                "drop" if reason else KEEP,
+                reason,
+                "" if width is None else width,
+                "" if height is None else height,
+                "" if bits is None else bits,
+                "" if channels is None else channels,
+                "" if entropy is None else f"{entropy:.4f}",
+                sha or "",
+                phash or "",
+                decisions.group[i],
+                decisions.anchor[i],
+                fmt or "",
+                size,
+                phash256 or "",
+                error or "",
             )
-    os.replace(partial, path)
-    return path
 
-
-def write_info(out: Path, src: Path, options: dict, counts: dict) -> Path:
-    """``OUT/curate.json``: the absolute SRC the manifest's paths are relative to, options, counts."""
-    path = Path(out) / "curate.json"
-    info = {"source": str(Path(src).resolve()), "manifest": "manifest.csv", "options": options, "counts": counts}
-    path.write_text(json.dumps(info, indent=2))
-    return path
-
-
-def read_manifest_rows(path: str | os.PathLike) -> list[dict]:
-    """All rows of a manifest as dicts (for tests and tools; the loader has its own reader)."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    return write_manifest_rows(out, rows())

@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .manifest import ANCHOR_RULES, decide, write_info, write_manifest
+from infmae.data.manifest import write_manifest_info
+
+from .manifest import ANCHOR_RULES, decide, write_manifest
 from .report import write_report
 from .scan import ScanStats, open_store, scan
 from .similarity import SIMILARITY_THRESHOLD
@@ -57,7 +59,7 @@ def curate(
         decisions = decide(connection, min_size=min_size, hamming=hamming, anchor=anchor, sequence_aware=sequence_aware)
         decide_seconds = time.perf_counter() - start
         manifest = write_manifest(connection, decisions, out)
-        write_info(out, src, options, decisions.counts)
+        write_manifest_info(out, src, options, decisions.counts)
         report_path = write_report(connection, decisions, src, out, options) if report else out / "report.md"
     finally:
         connection.close()

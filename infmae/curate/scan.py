@@ -33,7 +33,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from infmae.data.folder import scan_folder
+from infmae.data.catalogue import scan_folder
 from infmae.data.io import ImageReadError, read_image, read_image_header
 
 from .hashes import eight_bit_view, entropy_bits, fingerprints, pixel_sha256

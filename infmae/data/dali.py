@@ -6,7 +6,7 @@ training size; C = channels delivered (1 for all-gray data, else the model's in_
 :class:`DaliLoader` is a :class:`~infmae.data.loader.ReferenceLoader` (same epoch order, rank sharding,
 ``iter_epoch(epoch, start_step)`` resume, substitution of unreadable files by the next position) whose
 batches are built by a DALI pipeline instead of DataLoader workers. The crop and flip of every sample are
-the reference dataset's own (:meth:`ImageFolderDataset.augment_params`, a pure function of seed, epoch
+the sample spec's own (:meth:`~infmae.data.spec.SampleSpec.augment_params`, a pure function of seed, epoch
 and position) fed to DALI as per-sample inputs, so the two loaders give the same batch up to resampling
 arithmetic, and a resumed run continues with exactly the batches an uninterrupted one would have given.
 
@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -49,10 +49,10 @@ import torch
 
 from .batch import Batch
 from .folder import ImageFolderDataset
+from .io import ImageReadError
 from .loader import ReferenceLoader
-from .mapping import image_ranges_torch
+from .mapping import SixteenBitMapping
 from .prefetch import ThreadPrefetcher
-from .transforms import channel_vector
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _lo_denominator(lo: float, hi: float) -> tuple[float, float]:
     return lo, hi - lo
 
 
-def batch_ranges(mode: str, low: float, high: float):
+def batch_ranges(mapping: SixteenBitMapping):
     """A ``dl_tensor_python_function`` body: per-sample ``[2]`` float32 ``(lo, hi - lo)`` of the decoded
     uint16 images, on the images' device. Inputs: images ``[H, W, C]`` uint16 and ``[2]`` int32
     ``(native channels, bits)``; 8-bit images (``x * 257``) get ``(0, 65535)``; a gray file decoded as
@@ -103,7 +103,7 @@ def batch_ranges(mode: str, low: float, high: float):
             host_kinds = torch.stack([torch.from_dlpack(k) for k in kinds]).cpu().tolist()
             wide = [i for i, (_, bits) in enumerate(host_kinds) if bits == 16]
             ranges = [(0.0, 65535.0)] * len(xs)
-            measured = image_ranges_torch([xs[i][..., : host_kinds[i][0]] for i in wide], mode, low, high)
+            measured = mapping.ranges_torch([xs[i][..., : host_kinds[i][0]] for i in wide])
             for i, value in zip(wide, measured):
                 ranges[i] = value
             pairs = torch.tensor([_lo_denominator(lo, hi) for lo, hi in ranges], dtype=torch.float32)
@@ -150,8 +150,6 @@ def decode_file(path: str | os.PathLike, rgb: bool = False, device_id: int | Non
     """
     from nvidia.dali import fn, pipeline_def
 
-    from .io import ImageReadError
-
     data = np.fromfile(path, dtype=np.uint8)
 
     @pipeline_def(batch_size=1, num_threads=1, device_id=device_id)
@@ -184,13 +182,160 @@ class _Prepared:
     feeds: tuple[list[np.ndarray], ...]
 
 
+# ----------------------------------------------------------------------------------------------
+# the DALI graph: pure functions of a GraphPlan and the fed inputs (the loader only feeds and runs it)
+@dataclass(frozen=True)
+class GraphPlan:
+    """Everything the graph depends on, fixed for a loader.
+
+    Attributes:
+        packed: the source is a pack (else encoded files).
+        device_id: the GPU the graph runs on; None = CPU mode.
+        decode_rgb: files are decoded as RGB (some file is colour), else GRAY.
+        channels: channels delivered, C (1 or 3).
+        average_colour: colour files are averaged to one channel (``in_chans == 1``).
+        stored_ranges: the pack's stored 16-bit ranges are fed (its mapping is the spec's), else computed.
+        mapping: the 16-bit rule, for computed ranges.
+        img_size: (out_h, out_w).
+        mean, std: per delivered channel.
+        half: deliver float16 (else float32).
+    """
+
+    packed: bool
+    device_id: int | None
+    decode_rgb: bool
+    channels: int
+    average_colour: bool
+    stored_ranges: bool
+    mapping: SixteenBitMapping
+    img_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    half: bool
+
+    @property
+    def gpu(self) -> bool:
+        return self.device_id is not None
+
+    @property
+    def feed_names(self) -> tuple[str, ...]:
+        """The per-sample inputs the graph uses, in the external source's output order."""
+        names = ["payload", "start", "shape", "flip"]
+        if self.packed:
+            names.append("layout")  # [H, W, C, bytes per sample, raw bytes, inflated chunk length]
+            if self.gpu:
+                names.append("chunk_sizes")  # compressed sizes of the chunks, for fn.decoders.inflate
+        names.append("ranges" if self.stored_ranges else "kind")  # stored (lo, hi - lo), or what computes it
+        return tuple(names)
+
+
+def packed_pixels(feeds: dict, gpu: bool):
+    """``[H, W, C]`` uint16 from a pack's chunks: inflated on the GPU (already inflated in CPU mode), the
+    padding dropped, and the little-endian bytes joined (``low + 256 * high``; 8-bit: ``x * 257``)."""
+    from nvidia.dali import fn, types
+
+    payload, layout = feeds["payload"], feeds["layout"]
+    if gpu:
+        chunks = fn.decoders.inflate(
+            payload.gpu(), shape=layout[5:6], chunk_sizes=feeds.get("chunk_sizes"), dtype=types.UINT8
+        )
+    else:
+        chunks = payload  # [chunks, chunk_len]
+    flat = fn.reshape(chunks, shape=[-1])
+    flat = fn.slice(flat, start=[0], shape=layout[4:5], axes=[0])  # drop the padding
+    pairs = fn.reshape(flat, shape=layout[0:4])  # [H, W, C, bps], little-endian bytes
+    low_byte = fn.cast(pairs[:, :, :, 0], dtype=types.UINT16)
+    high_byte = fn.cast(pairs[:, :, :, -1], dtype=types.UINT16)
+    return low_byte + high_byte * types.Constant(256, dtype=types.UINT16)
+
+
+def range_operands(image, feeds: dict, plan: GraphPlan):
+    """Per-sample ``[2]`` float32 ``(lo, hi - lo)``: fed (stored ranges) or computed on the decoded images."""
+    from nvidia.dali import fn
+
+    if plan.stored_ranges:
+        return feeds["ranges"].gpu() if plan.gpu else feeds["ranges"]
+    kind = feeds["kind"]
+    return fn.dl_tensor_python_function(
+        image,
+        kind.gpu() if plan.gpu else kind,
+        function=batch_ranges(plan.mapping),
+        batch_processing=True,
+        num_outputs=1,
+        device="gpu" if plan.gpu else "cpu",
+    )
+
+
+def sample_ops(image, feeds: dict, lo_den, plan: GraphPlan):
+    """The reference sample from ``[H, W, C]`` uint16 pixels: crop, ``clip((x - lo) / (hi - lo), 0, 1)`` in
+    float32, channels, bicubic antialiased resize, clamp to [0, 1], flip + normalise + HWC->CHW."""
+    import nvidia.dali.math as dmath
+    from nvidia.dali import fn, types
+
+    crop = fn.slice(image, start=feeds["start"], shape=feeds["shape"], axes=[0, 1])
+    x = dmath.clamp((fn.cast(crop, dtype=types.FLOAT) - lo_den[0]) / lo_den[1], 0.0, 1.0)
+    if plan.channels == 3:
+        x = x * types.Constant(np.ones((1, 1, 3), np.float32))  # gray [h,w,1] -> [h,w,3]; colour unchanged
+    elif plan.average_colour:
+        x = fn.reductions.mean(x, axes=[2], keep_dims=True)
+    out_h, out_w = plan.img_size
+    x = fn.resize(x, size=[out_h, out_w], interp_type=types.INTERP_CUBIC, antialias=True, dtype=types.FLOAT)
+    x = dmath.clamp(x, 0.0, 1.0)
+    return fn.crop_mirror_normalize(
+        x,
+        mirror=feeds["flip"],
+        mean=list(plan.mean),
+        std=list(plan.std),
+        output_layout="CHW",
+        dtype=types.FLOAT16 if plan.half else types.FLOAT,
+    )
+
+
+def build_pipeline(plan: GraphPlan, source: Callable[[], tuple], batch_size: int, num_threads: int, prefetch: int):
+    """A built pipeline whose external source calls ``source()`` once per iteration for the batch's feeds
+    (in :attr:`GraphPlan.feed_names` order): the source's pixels, then :func:`sample_ops`."""
+    from nvidia.dali import fn, pipeline_def
+
+    names = plan.feed_names
+
+    @pipeline_def(
+        batch_size=batch_size, num_threads=num_threads, device_id=plan.device_id, prefetch_queue_depth=prefetch
+    )
+    def pipeline():
+        feeds = dict(zip(names, fn.external_source(source=source, num_outputs=len(names), batch=True)))
+        if plan.packed:
+            image = packed_pixels(feeds, plan.gpu)
+        else:
+            image = _decode_image(feeds["payload"], plan.gpu, plan.decode_rgb)
+        return sample_ops(image, feeds, range_operands(image, feeds, plan), plan)
+
+    pipe = pipeline()
+    pipe.build()
+    return pipe
+
+
+class _Feed:
+    """The external source: the next prepared batch's feeds; each batch stays in ``inflight`` until DALI
+    delivers it (a failed batch is the oldest one there)."""
+
+    def __init__(self, prepared: Iterator[_Prepared]):
+        self.prepared = prepared
+        self.inflight: list[_Prepared] = []
+
+    def __call__(self) -> tuple:
+        item = next(self.prepared)  # StopIteration past the last step ends DALI's epoch
+        self.inflight.append(item)
+        return item.feeds
+
+
 class DaliLoader(ReferenceLoader):
     """Rank-sharded, resumable batches decoded and augmented by DALI (see the module docstring).
 
     Args:
-        dataset: an :class:`ImageFolderDataset` over a folder, a manifest or a pack; its crop/flip rule,
-            mapping and normalisation are the ones applied. Every image's size, channels and bit depth
-            must be known (headers checked, or a manifest with width/height/channels/bits).
+        dataset: an :class:`ImageFolderDataset` over a folder, a manifest or a pack; its catalogue gives the
+            files and its sample spec the crop/flip rule, mapping and normalisation applied. Every image's
+            size, channels and bit depth must be known (headers checked, or a manifest with
+            width/height/channels/bits).
         batch_size, seed, rank, world_size: as :class:`ReferenceLoader`.
         device_id: the CUDA device DALI runs on; ``None`` = CPU mode (every operator on the CPU).
         num_threads: DALI CPU threads (decoding PNG/TIFF/BMP, CPU operators).
@@ -219,9 +364,8 @@ class DaliLoader(ReferenceLoader):
                 f"DaliLoader: expected an ImageFolderDataset, got {type(dataset).__name__}; "
                 "build one over a folder, a manifest or a pack"
             )
-        unknown = [
-            dataset.paths[i] for i, (s, k) in enumerate(zip(dataset.sizes, dataset.kinds)) if s is None or k is None
-        ]
+        self.catalogue = dataset.catalogue
+        unknown = self.catalogue.unknown()
         if unknown:
             raise ValueError(
                 f"DaliLoader: expected every image's size, channels and bit depth, got none for {len(unknown)} "
@@ -235,22 +379,17 @@ class DaliLoader(ReferenceLoader):
         self.num_threads = int(num_threads)
         self.dtype = dtype
         self.prefetch = int(prefetch)
-        self.packed = dataset.packed
+        self.packed = self.catalogue.packed
         self.source = "packed" if self.packed is not None else "files"
-        any_colour = any(k[0] == 3 for k in dataset.kinds)
+        spec = dataset.spec
+        any_colour = any(k[0] == 3 for k in self.catalogue.kinds)
+        channels = 1 if spec.in_chans == 1 else (3 if (any_colour or spec.gray_expands) else 1)
+        self.stored_ranges = self.packed is not None and self.packed.mapping == spec.mapping
         self.decode_rgb = any_colour
-        if dataset.in_chans == 1:
-            self.channels = 1
-        else:
-            self.channels = 3 if (any_colour or dataset._gray_needs_expand) else 1
-        self.average_colour = any_colour and self.channels == 1
-        self.stored_ranges = self.packed is not None and self.packed.mapping == (
-            dataset.sixteen_bit_mode,
-            dataset.low,
-            dataset.high,
-        )
-        self._mean = channel_vector("DaliLoader", "mean", dataset.mean, self.channels).flatten().tolist()
-        self._std = channel_vector("DaliLoader", "std", dataset.std, self.channels).flatten().tolist()
+        self.channels = channels
+        self._average_colour = any_colour and channels == 1
+        self._mean = tuple(spec.mean_vector(channels).flatten().tolist())
+        self._std = tuple(spec.std_vector(channels).flatten().tolist())
         logger.info(
             "DALI loader: %s source, %s, %d threads, %s decode, %d channel(s) out%s",
             self.source,
@@ -261,187 +400,74 @@ class DaliLoader(ReferenceLoader):
             ", stored 16-bit ranges" if self.stored_ranges else "",
         )
 
-    # ------------------------------------------------------------------------------------------
-    # host side: which files, their bytes and their per-sample parameters
-    def _resolve(self, index: int) -> tuple[int, list[tuple[str, str]]]:
-        """The reference substitution: the first position from ``index`` on that is not known unreadable."""
-        n = len(self.dataset)
-        skipped: list[tuple[str, str]] = []
-        for attempt in range(min(self.dataset.max_substitutions, n)):
-            position = (index + attempt) % n
-            path = str(self.dataset.path(position))
-            reason = self.dataset._unreadable.get(path)
-            if reason is None:
-                return position, skipped
-            skipped.append((path, reason))
-        names = "; ".join(f"{p} ({r})" for p, r in skipped)
-        raise RuntimeError(
-            f"DaliLoader: {len(skipped)} consecutive files from position {index} are unreadable: "
-            f"{names}; run `infmae curate` on the data and train on its manifest"
+    @property
+    def plan(self) -> GraphPlan:
+        """The graph this loader builds (read at build time: ``device_id`` may be changed before a run)."""
+        return GraphPlan(
+            packed=self.packed is not None,
+            device_id=self.device_id,
+            decode_rgb=self.decode_rgb,
+            channels=self.channels,
+            average_colour=self._average_colour,
+            stored_ranges=self.stored_ranges,
+            mapping=self.dataset.spec.mapping,
+            img_size=self.dataset.spec.img_size,
+            mean=self._mean,
+            std=self._std,
+            half=self.dtype == torch.float16,
         )
 
+    # ------------------------------------------------------------------------------------------
+    # host side: which files, their bytes and their per-sample parameters
     def _mark_unreadable(self, path: str, reason: str) -> None:
-        if path not in self.dataset._unreadable:
-            logger.warning("skipping unreadable %s: %s (substituting the next image)", path, reason)
-        self.dataset.note_unreadable([(path, reason)])
+        self.catalogue.unreadable.mark(path, reason)
         self._skipped.setdefault(path, reason)
 
     def _payload(self, position: int) -> np.ndarray:
         """The bytes DALI starts from: encoded file (files), compressed chunks (packed, GPU) or inflated
         chunks ``[chunks, chunk_len]`` (packed, CPU mode). Raises ImageReadError / OSError."""
         if self.packed is None:
-            path = self.dataset.path(position)
+            path = self.catalogue.path(position)
             data = np.fromfile(path, dtype=np.uint8)
             if data.size == 0:
-                from .io import ImageReadError
-
                 raise ImageReadError(path, "empty file (0 bytes)")
             return data
-        row = self.dataset.pack_ids[position]
+        row = self.catalogue.pack_row(position)
         if self.device_id is None:
             return self.packed.raw_chunks(row)
         return np.frombuffer(self.packed.compressed(row), dtype=np.uint8)
 
-    def _prepare(self, batch: Sequence[int], epoch: int) -> _Prepared:
-        from .io import ImageReadError
-
+    def _prepare(self, batch: Sequence[int], epoch: int, plan: GraphPlan) -> _Prepared:
+        catalogue, spec = self.catalogue, self.dataset.spec
         positions: list[int] = []
         skipped: list[tuple[str, str]] = []
-        payloads, kinds, starts, shapes, flips, ranges, layouts = [], [], [], [], [], [], []
+        feeds: dict[str, list[np.ndarray]] = {name: [] for name in plan.feed_names}
         for index in batch:
-            while True:
-                position, missed = self._resolve(index)
-                try:
-                    payload = self._payload(position)
-                except (ImageReadError, OSError) as exc:
-                    reason = getattr(exc, "reason", None) or f"cannot read file ({exc})"
-                    self._mark_unreadable(str(self.dataset.path(position)), reason)
-                    continue  # resolve again: the substitute is now the next position
-                break
+            payload, position, missed = catalogue.read(index, self._payload, (ImageReadError, OSError))
             skipped += missed
             positions.append(position)
-            width, height = self.dataset.sizes[position]
-            channels, bits = self.dataset.kinds[position]
-            params = self.dataset.augment_params(position, height, width, epoch)
-            payloads.append(payload)
-            kinds.append(np.array([channels, bits], np.int32))
-            starts.append(np.array([params.top, params.left], np.int32))
-            shapes.append(np.array([params.height, params.width], np.int32))
-            flips.append(np.array(int(params.flip), np.int32))
-            if self.packed is not None:
-                entry = self.packed.entries[self.dataset.pack_ids[position]]
-                layouts.append(
+            width, height = catalogue.sizes[position]
+            channels, bits = catalogue.kinds[position]
+            params = spec.augment_params(position, height, width, epoch)
+            feeds["payload"].append(payload)
+            feeds["start"].append(np.array([params.top, params.left], np.int32))
+            feeds["shape"].append(np.array([params.height, params.width], np.int32))
+            feeds["flip"].append(np.array(int(params.flip), np.int32))
+            if "kind" in feeds:
+                feeds["kind"].append(np.array([channels, bits], np.int32))
+            if plan.packed:
+                entry = self.packed.entries[catalogue.pack_row(position)]
+                feeds["layout"].append(
                     np.array(
                         [entry.height, entry.width, entry.channels, bits // 8, entry.nbytes, entry.chunk_len], np.int32
                     )
                 )
-                if self.stored_ranges:
+                if "chunk_sizes" in feeds:
+                    feeds["chunk_sizes"].append(np.array(entry.chunk_sizes, np.int32))
+                if "ranges" in feeds:
                     lo, hi = (0.0, 65535.0) if bits == 8 else (entry.lo, entry.hi)
-                    ranges.append(np.array(_lo_denominator(lo, hi), np.float32))
-        feeds = {
-            "payload": payloads,
-            "kind": kinds,
-            "start": starts,
-            "shape": shapes,
-            "flip": flips,
-            "layout": layouts,
-            "ranges": ranges,
-        }
-        if "chunk_sizes" in self._feed_names:
-            feeds["chunk_sizes"] = [
-                np.array(self.packed.entries[self.dataset.pack_ids[p]].chunk_sizes, np.int32) for p in positions
-            ]
-        return _Prepared(positions, skipped, tuple(feeds[name] for name in self._feed_names))
-
-    @property
-    def _feed_names(self) -> tuple[str, ...]:
-        """The per-sample inputs the graph uses, in the external source's output order."""
-        names = ["payload", "start", "shape", "flip"]
-        if self.packed is not None:
-            names.append("layout")  # [H, W, C, bytes per sample, raw bytes, inflated chunk length]
-            if self.device_id is not None:
-                names.append("chunk_sizes")  # compressed sizes of the chunks, for fn.decoders.inflate
-        names.append("ranges" if self.stored_ranges else "kind")  # stored (lo, hi - lo), or what computes it
-        return tuple(names)
-
-    # ------------------------------------------------------------------------------------------
-    # the DALI graph
-    def _build(self, prepared: Iterator[_Prepared]):
-        """A pipeline whose external source pulls one prepared batch per iteration from ``prepared``."""
-        import nvidia.dali.math as dmath
-        from nvidia.dali import fn, pipeline_def, types
-
-        ds = self.dataset
-        gpu = self.device_id is not None
-        packed = self.packed is not None
-        names = self._feed_names
-        out_h, out_w = ds.img_size
-        mode, low, high = ds.sixteen_bit_mode, ds.low, ds.high
-        self._inflight: list[_Prepared] = []
-
-        def source():
-            item = next(prepared)  # StopIteration past the last step ends DALI's epoch
-            self._inflight.append(item)
-            return item.feeds
-
-        @pipeline_def(
-            batch_size=self.batch_size,
-            num_threads=self.num_threads,
-            device_id=self.device_id,
-            prefetch_queue_depth=self.prefetch,
-        )
-        def pipeline():
-            feeds = dict(zip(names, fn.external_source(source=source, num_outputs=len(names), batch=True)))
-            payload, start, shape, flip = feeds["payload"], feeds["start"], feeds["shape"], feeds["flip"]
-            if packed:
-                layout = feeds["layout"]
-                chunks = (
-                    fn.decoders.inflate(
-                        payload.gpu(), shape=layout[5:6], chunk_sizes=feeds.get("chunk_sizes"), dtype=types.UINT8
-                    )
-                    if gpu
-                    else payload
-                )  # [chunks, chunk_len]
-                flat = fn.reshape(chunks, shape=[-1])
-                flat = fn.slice(flat, start=[0], shape=layout[4:5], axes=[0])  # drop the padding
-                pairs = fn.reshape(flat, shape=layout[0:4])  # [H, W, C, bps], little-endian bytes
-                low_byte = fn.cast(pairs[:, :, :, 0], dtype=types.UINT16)
-                high_byte = fn.cast(pairs[:, :, :, -1], dtype=types.UINT16)
-                image = low_byte + high_byte * types.Constant(256, dtype=types.UINT16)
-            else:
-                image = _decode_image(payload, gpu, self.decode_rgb)
-            if self.stored_ranges:
-                lo_den = feeds["ranges"].gpu() if gpu else feeds["ranges"]
-            else:
-                kind = feeds["kind"]
-                lo_den = fn.dl_tensor_python_function(
-                    image,
-                    kind.gpu() if gpu else kind,
-                    function=batch_ranges(mode, low, high),
-                    batch_processing=True,
-                    num_outputs=1,
-                    device="gpu" if gpu else "cpu",
-                )
-            crop = fn.slice(image, start=start, shape=shape, axes=[0, 1])
-            x = dmath.clamp((fn.cast(crop, dtype=types.FLOAT) - lo_den[0]) / lo_den[1], 0.0, 1.0)
-            if self.channels == 3:
-                x = x * types.Constant(np.ones((1, 1, 3), np.float32))  # gray [h,w,1] -> [h,w,3]; colour unchanged
-            elif self.average_colour:
-                x = fn.reductions.mean(x, axes=[2], keep_dims=True)
-            x = fn.resize(x, size=[out_h, out_w], interp_type=types.INTERP_CUBIC, antialias=True, dtype=types.FLOAT)
-            x = dmath.clamp(x, 0.0, 1.0)
-            return fn.crop_mirror_normalize(
-                x,
-                mirror=flip,
-                mean=self._mean,
-                std=self._std,
-                output_layout="CHW",
-                dtype=types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT,
-            )
-
-        pipe = pipeline()
-        pipe.build()
-        return pipe
+                    feeds["ranges"].append(np.array(_lo_denominator(lo, hi), np.float32))
+        return _Prepared(positions, skipped, tuple(feeds[name] for name in plan.feed_names))
 
     def _to_tensor(self, output) -> torch.Tensor:
         from nvidia.dali.plugin.pytorch import feed_ndarray
@@ -454,7 +480,7 @@ class DaliLoader(ReferenceLoader):
         return out
 
     # ------------------------------------------------------------------------------------------
-    def _find_undecodable(self, positions: Sequence[int]) -> list[tuple[str, str]]:
+    def find_undecodable(self, positions: Sequence[int]) -> list[tuple[str, str]]:
         """Decode each file one at a time, as the pipeline would; ``(path, reason)`` of failures.
 
         First with the CPU decoder (cheap; finds truncated and corrupt files). When the loader decodes
@@ -465,10 +491,10 @@ class DaliLoader(ReferenceLoader):
         def probe(device_id: int | None) -> list[tuple[str, str]]:
             bad = []
             for position in positions:
-                path = str(self.dataset.path(position))
+                path = str(self.catalogue.path(position))
                 try:
                     if self.packed is not None:
-                        self.packed.read(self.dataset.pack_ids[position])
+                        self.packed.read(self.catalogue.pack_row(position))
                     else:
                         decode_file(path, rgb=self.decode_rgb, device_id=device_id)
                 except Exception as exc:  # noqa: BLE001 - any decoder failure marks the file
@@ -491,17 +517,19 @@ class DaliLoader(ReferenceLoader):
             )
         batches = self.epoch_batches(epoch)
         self.dataset.set_epoch(epoch)
+        plan = self.plan
         step = start_step
         while step < steps:
             # host-side preparation runs ahead in a thread, off the training loop's thread
             prepared = ThreadPrefetcher(
-                (self._prepare(b, epoch) for b in batches[step:]), depth=self.prefetch + 1, name="dali-prepare"
+                (self._prepare(b, epoch, plan) for b in batches[step:]), depth=self.prefetch + 1, name="dali-prepare"
             )
-            pipe = self._build(prepared)
+            feed = _Feed(prepared)
+            pipe = build_pipeline(plan, feed, self.batch_size, self.num_threads, self.prefetch)
             try:
                 while step < steps:
                     (images,) = pipe.run()
-                    item = self._inflight.pop(0)
+                    item = feed.inflight.pop(0)
                     batch = Batch(
                         images=self._to_tensor(images),
                         indices=torch.tensor(item.positions, dtype=torch.int64),
@@ -516,8 +544,8 @@ class DaliLoader(ReferenceLoader):
                 if "decod" not in str(exc).lower():
                     raise
                 # the failing batch is the oldest one DALI took in and has not delivered
-                suspects = [p for item in self._inflight for p in item.positions]
-                bad = self._find_undecodable(suspects)
+                suspects = [p for item in feed.inflight for p in item.positions]
+                bad = self.find_undecodable(suspects)
                 if not bad:
                     raise
                 for path, reason in bad:

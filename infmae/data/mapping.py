@@ -26,6 +26,7 @@ The range belongs to the image, not to the crop: compute it once on the full dec
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -47,11 +48,56 @@ def _check_array(op: str, array: np.ndarray) -> None:
         raise TypeError(f"{op}: expected dtype uint8 or uint16, got {array.dtype}; decode with read_image()")
 
 
-def _check_mode(op: str, mode: str, low: float, high: float) -> None:
-    if mode not in SIXTEEN_BIT_MODES:
-        raise ValueError(f"{op}: expected mode in {SIXTEEN_BIT_MODES}, got {mode!r}; the default is 'percentile'")
-    if not (0.0 <= low < high <= 100.0):
-        raise ValueError(f"{op}: expected 0 <= low < high <= 100, got low={low}, high={high}; the default is 0.5, 99.5")
+@dataclass(frozen=True)
+class SixteenBitMapping:
+    """The 16-bit to [0, 1] rule as one value (the module docstring): ``mode`` and, for ``"percentile"``,
+    the ``low``/``high`` percentiles. Its defaults are the only place the default rule is written; a
+    loader, a pack and a preview each hold one of these instead of three loose arguments
+    (``data.sixteen_bit_mode``, ``data.low_percentile``, ``data.high_percentile``)."""
+
+    mode: str = "percentile"
+    low: float = 0.5
+    high: float = 99.5
+
+    def __post_init__(self) -> None:
+        if self.mode not in SIXTEEN_BIT_MODES:
+            raise ValueError(
+                f"sixteen_bit_mode: expected mode in {SIXTEEN_BIT_MODES}, got {self.mode!r}; the default is "
+                "'percentile'"
+            )
+        if not (0.0 <= self.low < self.high <= 100.0):
+            raise ValueError(
+                f"sixteen_bit_mode: expected 0 <= low < high <= 100, got low={self.low}, high={self.high}; the "
+                "default is 0.5, 99.5"
+            )
+        object.__setattr__(self, "low", float(self.low))
+        object.__setattr__(self, "high", float(self.high))
+
+    def range(self, array: np.ndarray) -> tuple[float, float]:
+        """:func:`image_range` under this rule."""
+        return _image_range("image_range", array, self)
+
+    def ranges_torch(self, images: list[torch.Tensor]) -> list[tuple[float, float]]:
+        """:func:`image_ranges_torch` under this rule."""
+        return _image_ranges_torch(images, self)
+
+    def to_unit_float(self, array: np.ndarray) -> torch.Tensor:
+        """:func:`to_unit_float` under this rule."""
+        lo, hi = self.range(array)
+        return apply_range(array, lo, hi)
+
+    def to_dict(self) -> dict:
+        """As a pack's ``pack.json`` records it (the config's names)."""
+        return {"sixteen_bit_mode": self.mode, "low": self.low, "high": self.high}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SixteenBitMapping:
+        """From :meth:`to_dict`'s form."""
+        return cls(values["sixteen_bit_mode"], float(values["low"]), float(values["high"]))
+
+
+#: the default rule; the module functions' defaults are read from it
+DEFAULT_MAPPING = SixteenBitMapping()
 
 
 def _percentiles_uint16(array: np.ndarray, qs: tuple[float, float]) -> tuple[float, float]:
@@ -78,27 +124,32 @@ def _percentiles_uint16(array: np.ndarray, qs: tuple[float, float]) -> tuple[flo
 
 
 def image_range(
-    array: np.ndarray, mode: str = "percentile", low: float = 0.5, high: float = 99.5
+    array: np.ndarray,
+    mode: str = DEFAULT_MAPPING.mode,
+    low: float = DEFAULT_MAPPING.low,
+    high: float = DEFAULT_MAPPING.high,
 ) -> tuple[float, float]:
     """The image's value range ``(lo, hi)`` used to map it to [0, 1] (rule in the module docstring).
 
     Args:
         array: ``[H, W, C]`` uint8 or uint16, the FULL decoded image (not a crop).
-        mode: ``"percentile"``, ``"minmax"`` or ``"full"``; ignored for uint8.
-        low, high: percentiles for ``mode="percentile"``, 0 <= low < high <= 100.
+        mode, low, high: the fields of :class:`SixteenBitMapping`; ignored for uint8.
 
     Returns:
         ``(lo, hi)`` as Python floats; ``(0.0, 255.0)`` for uint8. ``hi <= lo`` only for a flat image
         (every pixel equal), which :func:`apply_range` maps to zeros.
     """
-    _check_array("image_range", array)
-    _check_mode("image_range", mode, low, high)
+    return _image_range("image_range", array, SixteenBitMapping(mode, low, high))
+
+
+def _image_range(op: str, array: np.ndarray, mapping: SixteenBitMapping) -> tuple[float, float]:
+    _check_array(op, array)
     if array.dtype == np.uint8:
         return 0.0, 255.0
-    if mode == "full":
+    if mapping.mode == "full":
         return 0.0, 65535.0
-    if mode == "percentile":
-        lo, hi = _percentiles_uint16(array, (low, high))
+    if mapping.mode == "percentile":
+        lo, hi = _percentiles_uint16(array, (mapping.low, mapping.high))
         if hi > lo:
             return lo, hi
     return float(array.min()), float(array.max())
@@ -126,16 +177,16 @@ def apply_range(array: np.ndarray, lo: float, hi: float) -> torch.Tensor:
 
 def to_unit_float(
     array: np.ndarray,
-    mode: str = "percentile",
-    low: float = 0.5,
-    high: float = 99.5,
+    mode: str = DEFAULT_MAPPING.mode,
+    low: float = DEFAULT_MAPPING.low,
+    high: float = DEFAULT_MAPPING.high,
     value_range: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """Map a decoded image to float32 [0, 1] (rule in the module docstring).
 
     Args:
         array: ``[H, W, C]`` uint8 or uint16 from :func:`infmae.data.io.read_image`.
-        mode, low, high: the 16-bit rule; see :func:`image_range`.
+        mode, low, high: the fields of :class:`SixteenBitMapping`; see :func:`image_range`.
         value_range: a precomputed ``(lo, hi)`` (e.g. of the full image when ``array`` is a crop);
             when given, ``mode``/``low``/``high`` are not used.
 
@@ -148,7 +199,7 @@ def to_unit_float(
     return apply_range(array, float(lo), float(hi))
 
 
-def _histogram_uint16(flat: torch.Tensor, scatter: bool) -> torch.Tensor:
+def histogram_uint16(flat: torch.Tensor, scatter: bool) -> torch.Tensor:
     """[65536] int64 counts of the values of ``flat`` (int32 in [0, 65535]). ``scatter``: a scatter-add
     (integer atomics: exact), which unlike CUDA's ``bincount`` reads nothing back to the host."""
     if scatter:
@@ -158,7 +209,10 @@ def _histogram_uint16(flat: torch.Tensor, scatter: bool) -> torch.Tensor:
 
 
 def image_ranges_torch(
-    images: list[torch.Tensor], mode: str = "percentile", low: float = 0.5, high: float = 99.5
+    images: list[torch.Tensor],
+    mode: str = DEFAULT_MAPPING.mode,
+    low: float = DEFAULT_MAPPING.low,
+    high: float = DEFAULT_MAPPING.high,
 ) -> list[tuple[float, float]]:
     """:func:`image_range` of each ``uint16`` tensor of a batch, on any device, bit-identical to numpy's
     rule, with one device-to-host transfer for the whole batch (for loaders that decode to 16-bit on the
@@ -168,7 +222,11 @@ def image_ranges_torch(
     cumulative sum and the sorted positions found by ``searchsorted``, all on the device; the
     interpolation is then done in Python floats exactly as numpy does it.
     """
-    _check_mode("image_ranges_torch", mode, low, high)
+    return _image_ranges_torch(images, SixteenBitMapping(mode, low, high))
+
+
+def _image_ranges_torch(images: list[torch.Tensor], mapping: SixteenBitMapping) -> list[tuple[float, float]]:
+    mode, low, high = mapping.mode, mapping.low, mapping.high
     for x in images:
         if x.dtype != torch.uint16:
             raise TypeError(f"image_ranges_torch: expected uint16 tensors, got {x.dtype}; decode 16-bit data as uint16")
@@ -187,7 +245,7 @@ def image_ranges_torch(
                 below = int(np.floor(virtual))
                 positions += [below, min(below + 1, n - 1)]
                 plan.append(virtual - below)
-            cumulative = _histogram_uint16(flat, scatter=flat.is_cuda).cumsum_(0)
+            cumulative = histogram_uint16(flat, scatter=flat.is_cuda).cumsum_(0)
             wanted = torch.tensor(positions, device=x.device, dtype=cumulative.dtype)
             parts.append(torch.searchsorted(cumulative, wanted, right=True).to(torch.int32))
         plans.append(plan)
@@ -211,8 +269,6 @@ def image_ranges_torch(
     return out
 
 
-def image_range_torch(
-    x: torch.Tensor, mode: str = "percentile", low: float = 0.5, high: float = 99.5
-) -> tuple[float, float]:
-    """:func:`image_ranges_torch` of one image."""
-    return image_ranges_torch([x], mode, low, high)[0]
+def image_range_torch(x: torch.Tensor, *rule) -> tuple[float, float]:
+    """:func:`image_ranges_torch` of one image; ``rule``: its ``mode, low, high``."""
+    return image_ranges_torch([x], *rule)[0]

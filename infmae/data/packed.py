@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from .io import ImageReadError, read_image
-from .mapping import SIXTEEN_BIT_MODES, image_range
+from .mapping import DEFAULT_MAPPING, SixteenBitMapping
 
 logger = logging.getLogger(__name__)
 
@@ -165,10 +165,10 @@ def too_small_reason(width: int, height: int, min_size: int) -> str:
     return f"too_small: {width}x{height} has both sides under {min_size} px"
 
 
-def _pack_one(job: tuple[str, str, int | None, int, str, float, float, int]) -> dict:
+def _pack_one(job: tuple[str, str, int | None, int, SixteenBitMapping, int]) -> dict:
     """Worker: read, cap, measure and compress one file; returns a row dict with its chunks, or the reason
     it is left out (``error``: ``unreadable: ...`` or ``too_small: ...``)."""
-    rel, path, max_side, chunk_bytes, mode, low, high, min_size = job
+    rel, path, max_side, chunk_bytes, mapping, min_size = job
     try:
         array = read_image(path)
     except ImageReadError as exc:
@@ -178,7 +178,7 @@ def _pack_one(job: tuple[str, str, int | None, int, str, float, float, int]) -> 
         return {"path": rel, "error": too_small_reason(source_w, source_h, min_size)}
     if max_side:
         array = cap_longer_side(array, max_side)
-    lo, hi = image_range(array, mode, low, high)
+    lo, hi = mapping.range(array)
     chunk_len, chunks = compress_image(array, chunk_bytes)
     return {
         "path": rel,
@@ -195,6 +195,66 @@ def _pack_one(job: tuple[str, str, int | None, int, str, float, float, int]) -> 
     }
 
 
+class _ShardWriter:
+    """Appends compressed chunks to ``shard-NNNNN.bin`` files in ``folder``, starting a new shard once one
+    holds ``shard_bytes`` or more."""
+
+    def __init__(self, folder: Path, shard_bytes: int):
+        self.folder = folder
+        self.shard_bytes = shard_bytes
+        self.names: list[str] = []
+        self.written = 0  # compressed bytes in all shards
+        self._handle = None
+        self._fill = 0
+
+    def write(self, chunks: Sequence[bytes]) -> tuple[int, int, list[int], int]:
+        """Write one image's chunks back to back: ``(shard, offset, chunk sizes, CRC-32 of the chunks)``."""
+        if self._handle is None or self._fill >= self.shard_bytes:
+            self.close()
+            self.names.append(f"shard-{len(self.names):05d}.bin")
+            self._handle = open(self.folder / self.names[-1], "wb")
+            self._fill = 0
+        offset, crc = self._fill, 0
+        for chunk in chunks:
+            self._handle.write(chunk)
+            crc = zlib.crc32(chunk, crc)
+        sizes = [len(c) for c in chunks]
+        self._fill += sum(sizes)
+        self.written += sum(sizes)
+        return len(self.names) - 1, offset, sizes, crc
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> _ShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _index_row(row: dict, shard: int, offset: int, sizes: list[int], crc: int) -> list:
+    """One ``index.csv`` row (:data:`INDEX_COLUMNS`) of a packed image."""
+    return [
+        row["path"],
+        shard,
+        offset,
+        row["chunk_len"],
+        ";".join(map(str, sizes)),
+        row["height"],
+        row["width"],
+        row["channels"],
+        row["bits"],
+        repr(float(row["lo"])),
+        repr(float(row["hi"])),
+        row["source_height"],
+        row["source_width"],
+        crc,
+    ]
+
+
 def pack_dataset(
     files: Sequence[str],
     root: str | os.PathLike,
@@ -204,23 +264,21 @@ def pack_dataset(
     shard_bytes: int = 1 << 30,
     chunk_bytes: int = CHUNK_BYTES,
     workers: int | None = None,
-    sixteen_bit_mode: str = "percentile",
-    low: float = 0.5,
-    high: float = 99.5,
+    mapping: SixteenBitMapping = DEFAULT_MAPPING,
     source: str = "",
     min_size: int = 20,
 ) -> dict:
     """Write a pack of ``files`` (paths relative to ``root``) to the folder ``out``.
 
     Args:
-        files: relative paths, e.g. from :func:`infmae.data.folder.scan_folder` or a manifest's kept rows.
+        files: relative paths, e.g. from :func:`infmae.data.catalogue.scan_folder` or a manifest's kept rows.
         root: the folder they are relative to.
         out: the pack folder to create (must not exist).
         max_side: cap the longer side at this many pixels (lossy); ``None`` keeps every pixel.
         shard_bytes: start a new shard after this many compressed bytes.
         chunk_bytes: the largest inflated chunk (nvCOMP's LZ4 allows up to 16 MiB).
         workers: processes reading and compressing (default: all cores).
-        sixteen_bit_mode, low, high: the mapping whose per-image range is stored (match the training config).
+        mapping: the 16-bit rule whose per-image range is stored (match the training config).
         source: a description of the source, recorded in ``pack.json``.
         min_size: leave out images whose width AND height are both under it (``too_small``); 0 keeps all.
 
@@ -234,8 +292,6 @@ def pack_dataset(
         raise FileExistsError(f"pack: expected a new output folder, got existing {out}; remove it or choose another -o")
     if max_side is not None and max_side < 16:
         raise ValueError(f"pack: expected max_side >= 16 (one patch), got {max_side}; e.g. --max-side 1024")
-    if sixteen_bit_mode not in SIXTEEN_BIT_MODES:
-        raise ValueError(f"pack: expected sixteen_bit_mode in {SIXTEEN_BIT_MODES}, got {sixteen_bit_mode!r}")
     if not 1 <= chunk_bytes <= 1 << 24:
         raise ValueError(f"pack: expected 1 <= chunk_bytes <= 16 MiB (nvCOMP's LZ4 limit), got {chunk_bytes}")
     if min_size < 0:
@@ -247,14 +303,14 @@ def pack_dataset(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     workers = workers or os.cpu_count() or 1
-    jobs = [(rel, str(root / rel), max_side, chunk_bytes, sixteen_bit_mode, low, high, min_size) for rel in files]
-    shards: list[str] = []
+    jobs = [(rel, str(root / rel), max_side, chunk_bytes, mapping, min_size) for rel in files]
     skipped: list[tuple[str, str]] = []
-    raw_bytes = packed_bytes = 0
-    shard_handle = None
-    shard_fill = 0
+    raw_bytes = 0
     start = time.monotonic()
-    with open(tmp / "index.csv", "w", newline="", encoding="utf-8") as index_handle:
+    with (
+        open(tmp / "index.csv", "w", newline="", encoding="utf-8") as index_handle,
+        _ShardWriter(tmp, shard_bytes) as shards,
+    ):
         writer = csv.writer(index_handle)
         writer.writerow(INDEX_COLUMNS)
         pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
@@ -265,46 +321,15 @@ def pack_dataset(
                     logger.warning("pack: skipping %s: %s", root / row["path"], row["error"])
                     skipped.append((row["path"], row["error"]))
                     continue
-                if shard_handle is None or shard_fill >= shard_bytes:
-                    if shard_handle is not None:
-                        shard_handle.close()
-                    shards.append(f"shard-{len(shards):05d}.bin")
-                    shard_handle = open(tmp / shards[-1], "wb")
-                    shard_fill = 0
-                offset, crc = shard_fill, 0
-                for chunk in row["chunks"]:
-                    shard_handle.write(chunk)
-                    shard_fill += len(chunk)
-                    crc = zlib.crc32(chunk, crc)
-                sizes = [len(c) for c in row["chunks"]]
-                packed_bytes += sum(sizes)
+                writer.writerow(_index_row(row, *shards.write(row["chunks"])))
                 raw_bytes += row["height"] * row["width"] * row["channels"] * row["bits"] // 8
-                writer.writerow(
-                    [
-                        row["path"],
-                        len(shards) - 1,
-                        offset,
-                        row["chunk_len"],
-                        ";".join(map(str, sizes)),
-                        row["height"],
-                        row["width"],
-                        row["channels"],
-                        row["bits"],
-                        repr(float(row["lo"])),
-                        repr(float(row["hi"])),
-                        row["source_height"],
-                        row["source_width"],
-                        crc,
-                    ]
-                )
                 if done % 5000 == 0 or done == len(jobs):
                     elapsed = time.monotonic() - start
                     logger.info("pack: %d / %d files (%.0f files/s)", done, len(jobs), done / max(elapsed, 1e-9))
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
-    if shard_handle is not None:
-        shard_handle.close()
+    packed_bytes = shards.written
     count = len(jobs) - len(skipped)
     if count == 0:
         shutil.rmtree(tmp)
@@ -316,10 +341,10 @@ def pack_dataset(
         "format": PACK_FORMAT,
         "version": PACK_VERSION,
         "count": count,
-        "shards": shards,
+        "shards": shards.names,
         "chunk_bytes": chunk_bytes,
         "max_side": max_side,
-        "mapping": {"sixteen_bit_mode": sixteen_bit_mode, "low": low, "high": high},
+        "mapping": mapping.to_dict(),
         "raw_bytes": raw_bytes,
         "packed_bytes": packed_bytes,
         "source": source or str(root),
@@ -335,7 +360,7 @@ def pack_dataset(
         count,
         raw_bytes / 1e6,
         packed_bytes / 1e6,
-        len(shards),
+        len(shards.names),
         raw_bytes / max(packed_bytes, 1),
         len(skipped),
         out,
@@ -414,10 +439,9 @@ class PackedReader:
         return int(self.info.get("min_size", 0))
 
     @property
-    def mapping(self) -> tuple[str, float, float]:
-        """``(sixteen_bit_mode, low, high)`` the stored ranges were computed with."""
-        m = self.info["mapping"]
-        return m["sixteen_bit_mode"], float(m["low"]), float(m["high"])
+    def mapping(self) -> SixteenBitMapping:
+        """The 16-bit rule the stored ranges were computed with."""
+        return SixteenBitMapping.from_dict(self.info["mapping"])
 
     def __getstate__(self) -> dict:  # mmaps do not pickle; workers reopen them
         state = dict(self.__dict__)

@@ -10,7 +10,7 @@ import torch
 
 from infmae.config import Config
 from infmae.data.io import ImageReadError, read_image
-from infmae.data.mapping import to_unit_float
+from infmae.data.mapping import SixteenBitMapping
 from infmae.data.transforms import normalize, resized_crop
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,9 @@ def center_crop_box(height: int, width: int, target_hw: tuple[int, int]) -> tupl
 def preview_tensor(path: str | Path, config: Config) -> torch.Tensor:
     """One image file -> [C,H,W] normalised model input (raises ImageReadError)."""
     dc, mc = config.data, config.model
-    img01 = to_unit_float(read_image(path), dc.sixteen_bit_mode, dc.low_percentile, dc.high_percentile)
+    img01 = SixteenBitMapping(dc.sixteen_bit_mode, dc.low_percentile, dc.high_percentile).to_unit_float(
+        read_image(path)
+    )
     if mc.in_chans == 1 and img01.shape[0] == 3:
         img01 = img01.mean(dim=0, keepdim=True)
     top, left, h, w = center_crop_box(img01.shape[1], img01.shape[2], mc.img_size)

@@ -114,18 +114,20 @@ def sample_crop(
             top = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
             left = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
             return top, left, h, w
-    # Fallback to central crop
-    in_ratio = float(width) / float(height)
-    if in_ratio < min(ratio):
-        w = width
-        h = int(round(w / min(ratio)))
-    elif in_ratio > max(ratio):
-        h = height
-        w = int(round(h * max(ratio)))
-    else:  # whole image
-        w = width
-        h = height
-    return (height - h) // 2, (width - w) // 2, h, w
+    return _central_crop(height, width, ratio)
+
+
+def _central_crop(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+    """torchvision's fallback after 10 rejected draws: the whole image, its aspect clamped into ``ratio``
+    (a side kept whole, the other rounded), centred. Returns ``(top, left, h, w)``."""
+    narrowest, widest = min(ratio), max(ratio)
+    crop_h, crop_w = height, width
+    aspect = float(width) / float(height)
+    if aspect < narrowest:  # too tall for the range: keep the width
+        crop_h = int(round(width / narrowest))
+    elif aspect > widest:  # too wide: keep the height
+        crop_w = int(round(height * widest))
+    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
 
 
 def sample_augment(

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from infmae.config import Config
-from infmae.data import ImageFolderDataset, ReferenceLoader, generate_dataset
+from infmae.data import ImageFolderDataset, ReferenceLoader, SampleSpec, generate_dataset
 from infmae.model.infmae import InfMAE
 from infmae.training import checkpoint as ckpt
 from infmae.training.distributed import barrier, gather_dict, init_distributed
@@ -255,17 +255,7 @@ class Trainer:
         dc, mc = self.config.data, self.config.model
         return ImageFolderDataset(
             root,
-            img_size=mc.img_size,
-            in_chans=mc.in_chans,
-            seed=self.config.train.seed,
-            scale=dc.scale,
-            ratio=dc.ratio,
-            hflip_prob=dc.hflip_prob,
-            mean=dc.mean,
-            std=dc.std,
-            sixteen_bit_mode=dc.sixteen_bit_mode,
-            low=dc.low_percentile,
-            high=dc.high_percentile,
+            SampleSpec.from_config(dc, mc.img_size, mc.in_chans, self.config.train.seed),
             min_size=dc.min_size,
             base=dc.manifest_root or None,
             allow_outside_root=dc.allow_outside_root,
