@@ -441,10 +441,14 @@ class Config:
                 f"config: expected sections model, data, train, got {sorted(unknown)}; "
                 "was this file written by another program?"
             )
+        train = dict(data.get("train", {}))
+        if train and "engine" not in train:
+            # written before train.engine existed, i.e. by a reference run: resuming it must not switch engines
+            train["engine"] = "reference"
         return cls(
             model=ModelConfig(**data.get("model", {})),
             data=DataConfig(**data.get("data", {})),
-            train=TrainConfig(**data.get("train", {})),
+            train=TrainConfig(**train),
             preset=data.get("preset", "custom"),
         )
 

@@ -10,9 +10,13 @@ import torch
 from infmae import cli
 from infmae import config as config_module
 from infmae.config import Config, TrainConfig, apply_overrides, preset, resolve_for_device
+from infmae.data import generate_dataset
+from infmae.training import checkpoint as ckpt
 from infmae.training.engine import compile_options, prepare_model, to_model_input
 from infmae.training.parallel import apply_compile
+from infmae.training.trainer import Trainer
 from tests.engine_cases import demo_model, images, step_grads
+from tests.test_training import losses, tiny_config
 from tests.tolerances import TOLERANCES, tol
 
 
@@ -178,3 +182,36 @@ def test_compiled_step_equals_eager_and_never_recompiles(encoder):
         for seed in range(20):
             step_grads(compiled, images(4, seed=100 + seed))
     assert counters["stats"]["unique_graphs"] == graphs_after_warm_up
+
+
+def test_a_config_written_before_the_engine_resumes_as_the_reference():
+    saved = json.loads(preset("paper_base").to_json())
+    del saved["train"]["engine"]
+    old = Config.from_dict(saved)
+    assert old.train.engine == "reference"
+    assert resolve_for_device(old, "cuda").train.compile is False
+
+
+@pytest.fixture(scope="module")
+def clean_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clean")
+    generate_dataset(root, 20, seed=3, include_bad=False)
+    return root
+
+
+def test_trainer_resolves_and_runs_channels_last_like_the_reference(tmp_path, clean_data):
+    """The trainer resolves the config once (config.json = resolve_for_device's result) and, with the
+    engine's channels-last stages, trains to the reference's losses and weights (fp32, CPU)."""
+    reference_run, engine_run = tmp_path / "reference", tmp_path / "channels_last"
+    Trainer(tiny_config(clean_data, max_steps=3), reference_run).fit()
+    Trainer(tiny_config(clean_data, max_steps=3, channels_last=True), engine_run).fit()
+    written = json.loads((reference_run / "config.json").read_text())
+    assert written == json.loads(resolve_for_device(tiny_config(clean_data, max_steps=3), "cpu").to_json())
+    assert written["train"]["engine"] == "reference"
+    rtol = TOLERANCES[("channels_last_loss", torch.float32)][1]
+    assert losses(engine_run) == pytest.approx(losses(reference_run), rel=max(rtol, 1e-7))
+    final = ckpt.load_checkpoint(engine_run)["model"]
+    expected = ckpt.load_checkpoint(reference_run)["model"]
+    assert final.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(final[key], value, **tol("channels_last_params"), msg=lambda m, k=key: f"{k}: {m}")
