@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain",
         help="pretrain InfMAE (one process; torchrun for several)",
         epilog="Every field that --set takes, with its type, default and meaning: infmae config fields "
-        "[--preset NAME]. The resolved configuration: infmae config show [--preset NAME] [--set ...].",
+        "[--preset NAME]. The resolved configuration a run uses (on CUDA the engine, train.engine=reference for the "
+        "eager model): infmae config show [--preset NAME] [--set ...] [--device cuda|cpu].",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="named configuration (default: demo)")
     p.add_argument("--data", default=None, help="image folder or manifest.csv (default: synthetic images)")

@@ -66,6 +66,12 @@ def test_dali_is_picked_on_cuda_when_importable(monkeypatch):
     assert resolve_for_device(preset("official_base"), "cpu").data.loader == "reference"
 
 
+def test_loader_workers_are_the_cores_per_local_rank_less_one():
+    assert config_module.loader_workers_per_rank(cores=128, local_ranks=8) == 15
+    assert config_module.loader_workers_per_rank(cores=16, local_ranks=8) == 2  # never under the CPU default
+    assert config_module.loader_workers_per_rank(cores=32, local_ranks=1) == 31
+
+
 def test_reference_is_one_switch_away_and_resolution_is_idempotent(capsys, no_dali):
     shown = _show(capsys, "--preset", "paper_base", "--device", "cuda", "--set", "train.engine=reference")
     assert (shown["train"]["engine"], shown["train"]["compile"], shown["train"]["channels_last"]) == (
