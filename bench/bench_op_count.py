@@ -24,7 +24,6 @@ tolerance) before counting. The counts do not depend on the machine's load; only
 from __future__ import annotations
 
 import argparse
-import logging
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -128,7 +127,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--variants", default=",".join(CONFIGURATIONS), help="reference first")
     parser.add_argument("--no-write", action="store_true", help="print only (the smoke test)")
     args = parser.parse_args(argv)
-    logging.getLogger("infmae").setLevel(logging.WARNING)
     torch.set_num_threads(1)  # counts do not depend on threads; keeps the loaded machine usable
     rows = []
     for encoder in args.encoders.split(","):
