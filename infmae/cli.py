@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from infmae.config import PRESETS, Config, ModelConfig, apply_overrides, preset
+from infmae.config import PRESETS, Config, ModelConfig, apply_overrides, preset, resolve_for_device
 from infmae.data.mapping import DEFAULT_MAPPING, SIXTEEN_BIT_MODES, SixteenBitMapping
 from infmae.logging_utils import log_failure, setup_logging
 
@@ -153,9 +153,13 @@ def _config(args: argparse.Namespace) -> int:
     config = apply_overrides(preset(args.preset), list(args.set or []))
     if args.action == "fields":
         print(format_fields(config))
-    else:
-        print(config.to_json())
+    else:  # what a run on that device writes to its config.json
+        print(resolve_for_device(config, args.device or _default_device()).to_json())
     return 0
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -175,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain",
         help="pretrain InfMAE (one process; torchrun for several)",
         epilog="Every field that --set takes, with its type, default and meaning: infmae config fields "
-        "[--preset NAME]. The resolved configuration: infmae config show [--preset NAME] [--set ...].",
+        "[--preset NAME]. The resolved configuration a run uses (on CUDA the engine, train.engine=reference for the "
+        "eager model): infmae config show [--preset NAME] [--set ...] [--device cuda|cpu].",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="named configuration (default: demo)")
     p.add_argument("--data", default=None, help="image folder or manifest.csv (default: synthetic images)")
@@ -196,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("action", choices=("fields", "show"), help="fields: every field with its docs; show: JSON")
     f.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="named configuration (demo)")
     f.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
+    f.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="show: resolve the device-dependent defaults (train.engine=auto) for this device "
+        "(default: this machine's)",
+    )
     f.set_defaults(func=_config)
 
     g = commands.add_parser("plot", help="draw a run's curves (loss, val loss, lr, img/s, data wait, MFU)")

@@ -24,6 +24,13 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("bf16", "fp32")
 PARALLEL_MODES = ("fsdp", "ddp", "none")
 OPTIMIZERS = ("adamw", "apex_adam", "apex_lamb")
+ENGINES = ("auto", "engine", "reference")
+LOADERS = ("reference", "dali")
+
+# The default conv-stage encoder. Dense stays the default until a GPU measurement (bench/bench_sparse.py at
+# B=256, 224 px, cited here with its bench/results file) shows the sparse encoder faster; switching is this
+# one line: DEFAULT_ENCODER = "sparse".
+DEFAULT_ENCODER = "dense"
 
 
 def _fail(field_name: str, value: Any, expected: str, hint: str) -> None:
@@ -86,7 +93,7 @@ class ModelConfig:
     """Normalise each target patch by its mean and variance before the MSE."""
     kernels: str = "auto"
     """'auto' (Triton where CUDA and Triton are there, else eager), 'triton' or 'reference'."""
-    encoder: str = "dense"
+    encoder: str = DEFAULT_ENCODER
     """Conv stages on the full grids ('dense', the reference) or on the visible patches only ('sparse',
     the same outputs at about half the training FLOPs; same parameters and state-dict keys)."""
 
@@ -248,7 +255,7 @@ class DataConfig:
         _require(self.min_size >= 1, "data.min_size", self.min_size, "at least 1 pixel", "the default is 20")
         _require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0", "0 loads in-process")
         _require(
-            self.loader in ("reference", "dali"),
+            self.loader in LOADERS,
             "data.loader",
             self.loader,
             "'reference' or 'dali'",
@@ -318,6 +325,21 @@ class TrainConfig:
     """Recompute every block's activations in backward (less memory, ~1/3 more compute)."""
     compile: bool = False
     """torch.compile each conv and ViT block (the masking between them stays eager)."""
+    engine: str = "auto"
+    """'engine' (the fast exact configuration: compile, channels-last conv stages, bf16 residual stream,
+    DALI when importable, cudnn.benchmark), 'reference' (every field as written: the specification's
+    eager model) or 'auto' ('engine' on CUDA, 'reference' on the CPU). Resolved by
+    ``infmae.config.resolve_for_device``; ``infmae config show --device cuda`` prints the result."""
+    channels_last: bool = False
+    """Run the conv stages in channels-last memory (NHWC strides): the LayerNorms' permutes become views
+    and the convs take cuDNN's NHWC kernels. Set by ``engine``; the same numbers up to summation order."""
+    bf16_residual: bool = False
+    """Under bf16 autocast, carry the conv stages' residual stream in bf16 (halves the memory traffic of
+    the memory-bound stages; the IAM score, the sort and the loss stay fp32). Set by ``engine`` on CUDA."""
+    cuda_graphs: bool = False
+    """With ``compile``: capture the compiled blocks in CUDA graphs (torch.compile mode 'reduce-overhead')
+    instead of launching their kernels one by one; needs static shapes. Off until measured on a GPU
+    (README, 'The engine on a GPU')."""
     optimizer: str = "adamw"
     """'adamw' (torch, fused on CUDA), 'apex_adam' (apex FusedAdam) or 'apex_lamb' (apex FusedLAMB)."""
     tensorboard: bool = True
@@ -388,6 +410,7 @@ class TrainConfig:
             "a positive number of seconds",
             "e.g. 600 (10 minutes)",
         )
+        _require(self.engine in ENGINES, "train.engine", self.engine, f"one of {ENGINES}", "'auto' picks by device")
         _require(
             self.optimizer in OPTIMIZERS,
             "train.optimizer",
@@ -418,10 +441,14 @@ class Config:
                 f"config: expected sections model, data, train, got {sorted(unknown)}; "
                 "was this file written by another program?"
             )
+        train = dict(data.get("train", {}))
+        if train and "engine" not in train:
+            # written before train.engine existed, i.e. by a reference run: resuming it must not switch engines
+            train["engine"] = "reference"
         return cls(
             model=ModelConfig(**data.get("model", {})),
             data=DataConfig(**data.get("data", {})),
-            train=TrainConfig(**data.get("train", {})),
+            train=TrainConfig(**train),
             preset=data.get("preset", "custom"),
         )
 
@@ -547,3 +574,62 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
         train=TrainConfig(**sections["train"]),
         preset=config.preset,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# device-dependent defaults: the one place they are decided
+# ---------------------------------------------------------------------------------------------
+def dali_importable() -> bool:
+    """Whether ``nvidia.dali`` imports here (the engine then loads with DALI, packs inflated on the GPU)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except (ImportError, ValueError):  # 'nvidia' missing or a namespace package without a spec
+        return False
+
+
+def loader_workers_per_rank(cores: int | None = None, local_ranks: int | None = None) -> int:
+    """Reference-loader workers for one rank: its share of the node's cores less one for the training
+    process itself, at least 2 (the CPU default)."""
+    import os
+
+    cores = cores or os.cpu_count() or 1
+    local_ranks = local_ranks or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(2, cores // max(1, local_ranks) - 1)
+
+
+def resolve_engine(engine: str, device: str) -> str:
+    """'auto' -> 'engine' on CUDA, 'reference' elsewhere; the explicit choices stay."""
+    if engine != "auto":
+        return engine
+    return "engine" if device == "cuda" else "reference"
+
+
+def resolve_for_device(config: Config, device: str) -> Config:
+    """The configuration a run on ``device`` ('cpu' or 'cuda') uses: ``train.engine`` made explicit and,
+    for 'engine', the fast exact fields set. The trainer calls this once and writes the result to the run's
+    config.json; ``infmae config show --device`` prints the same. Idempotent; ``config`` is not modified.
+
+    'engine' on CUDA: per-block torch.compile (static shapes), channels-last conv stages, bf16 autocast with
+    a bf16 residual stream, DALI when importable (else the reference loader with a worker share of the
+    node's cores). 'engine' on the CPU: compile and channels-last only (the CPU trains in fp32 and loads
+    with the reference loader). 'reference': every field as given."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"config: expected a device 'cpu' or 'cuda', got {device!r}; e.g. --device cuda")
+    resolved = Config.from_dict(config.to_dict())
+    resolved.preset = config.preset
+    tc, dc = resolved.train, resolved.data
+    tc.engine = resolve_engine(tc.engine, device)
+    if tc.engine != "engine":
+        return resolved
+    tc.compile = True
+    tc.channels_last = True
+    if device == "cuda":
+        tc.precision = "bf16"
+        tc.bf16_residual = True
+        if dali_importable():
+            dc.loader = "dali"
+        elif dc.loader == "reference":
+            dc.num_workers = max(dc.num_workers, loader_workers_per_rank())
+    return resolved

@@ -92,6 +92,9 @@ class InfMAE(nn.Module):
         # intensity score filter: 1/(C*256) everywhere; not state (the released state dict has no such key)
         self.register_buffer("intensity_filter", intensity_filter(C), persistent=False)
         self._pos_cache: dict[tuple, torch.Tensor] = {}
+        # dtype of the dense conv stages' residual stream under autocast (None: as autocast leaves it, fp32;
+        # the engine sets bf16 on CUDA, infmae/training/engine.py). Not state: checkpoints are unchanged.
+        self.residual_dtype: torch.dtype | None = None
         self.initialize_weights()
 
     # ------------------------------------------------------------------------------------------
@@ -158,6 +161,14 @@ class InfMAE(nn.Module):
             )
         grid_size(imgs.shape[2], imgs.shape[3], op="InfMAE")
 
+    def _residual(self, x_BDHW: torch.Tensor) -> torch.Tensor:
+        """A conv stage's input in ``residual_dtype`` when autocast is on: the blocks' sums ``x + conv(..)``
+        then stay in bf16 (autocast's convs return bf16, its LayerNorms compute in fp32 and return fp32 to
+        the 1x1 conv that follows). Outside autocast (the fp32 reference) nothing changes."""
+        if self.residual_dtype is None or not torch.is_autocast_enabled(x_BDHW.device.type):
+            return x_BDHW
+        return x_BDHW.to(self.residual_dtype)
+
     def forward_encoder(self, imgs_BCHW: torch.Tensor, masking: MaskOutputs | None = None) -> EncoderOutput:
         """-> latent [B,K,D] of the visible patches in rank order, and the masking used."""
         self._check_input(imgs_BCHW)
@@ -166,11 +177,11 @@ class InfMAE(nn.Module):
             return EncoderOutput(sparse_encoder(self, imgs_BCHW, masking), masking)
         grid = (imgs_BCHW.shape[2] // PATCH, imgs_BCHW.shape[3] // PATCH)
 
-        x = self.patch_embed1(imgs_BCHW)  # [B,d1,H/4,W/4]
+        x = self._residual(self.patch_embed1(imgs_BCHW))  # [B,d1,H/4,W/4]
         for block in self.blocks1:
             x = block(x, masking.visible_x4)
         skip1 = self.stage1_output_decode(x).flatten(2).transpose(1, 2)  # [B,L,D]
-        x = self.patch_embed2(x)  # [B,d2,H/8,W/8]
+        x = self._residual(self.patch_embed2(x))  # [B,d2,H/8,W/8]
         for block in self.blocks2:
             x = block(x, masking.visible_x2)
         skip2 = self.stage2_output_decode(x).flatten(2).transpose(1, 2)  # [B,L,D]

@@ -11,8 +11,14 @@ import torch.nn.functional as F
 
 
 def layer_norm_channels(norm: nn.LayerNorm, x_BDHW: torch.Tensor) -> torch.Tensor:
-    """LayerNorm over the channel axis of a [B,D,H',W'] map (the released code permutes to channels-last)."""
-    return norm(x_BDHW.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    """LayerNorm over the channel axis of a [B,D,H',W'] map, normalising the last dimension of its NHWC view.
+
+    In channels-last memory (``train.channels_last``, the engine) the NHWC view is the tensor's own layout:
+    both permutes are stride changes, LayerNorm reads contiguous rows and its output is again a
+    channels-last [B,D,H',W'] map, with no copy. In NCHW memory (the reference) LayerNorm copies the
+    strided view, as the released code does."""
+    x_BHWD = x_BDHW.permute(0, 2, 3, 1)
+    return norm(x_BHWD).permute(0, 3, 1, 2)
 
 
 class PatchEmbed(nn.Module):

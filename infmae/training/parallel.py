@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from infmae.config import TrainConfig
+from infmae.training.engine import compile_options
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,13 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         blocks[i] = checkpoint_wrapper(blocks[i], preserve_rng_state=False)
 
 
-def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
+def apply_compile(model: nn.Module, backend: str = "inductor", **options) -> None:
     """``torch.compile`` each block in place (``Module.compile``: parameter names unchanged). The
     masking and gathers between blocks have data-dependent shapes and stay eager. ``backend``: the
-    trainer's is inductor; the benchmarks' CPU dry run takes ``aot_eager`` (no code generation)."""
+    trainer's is inductor; the benchmarks' CPU dry run takes ``aot_eager`` (no code generation).
+    ``options``: further ``torch.compile`` arguments (mode, dynamic), see ``engine.compile_options``."""
     for blocks, i in _blocks(model):
-        blocks[i].compile(backend=backend)
+        blocks[i].compile(backend=backend, **options)
 
 
 def apply_fsdp(model: nn.Module, config: TrainConfig, mesh, device: torch.device) -> None:
@@ -110,7 +112,7 @@ def parallelize(model: nn.Module, config: TrainConfig, mesh, device: torch.devic
     if config.activation_checkpointing:
         apply_activation_checkpointing(model)
     if config.compile:
-        apply_compile(model)
+        apply_compile(model, **compile_options(config, device.type))
     mode = config.parallel if mesh is not None else "none"
     if mode == "fsdp":
         apply_fsdp(model, config, mesh, device)

@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from infmae.config import Config
+from infmae.config import Config, resolve_for_device
 from infmae.data import ImageFolderDataset, ReferenceLoader, SampleSpec, generate_dataset
 from infmae.model.infmae import InfMAE
 from infmae.training import checkpoint as ckpt
 from infmae.training.distributed import barrier, gather_dict, init_distributed
+from infmae.training.engine import prepare_model, to_model_input
 from infmae.training.evaluation import Evaluator, in_validation_split
 from infmae.training.interrupts import GracefulStop, Heartbeat
 from infmae.training.metrics import (
@@ -63,6 +64,9 @@ RESUME_MAY_CHANGE = {
     "reshard_after_forward",
     "activation_checkpointing",
     "compile",
+    "channels_last",  # engine (issue 16): summation order only
+    "cuda_graphs",  # engine (issue 16): the same kernels, replayed
+    "engine",  # engine (issue 16): its effect on results shows in the fields it sets
     "tensorboard",
     "collective_timeout_s",
     "cpu_threads",
@@ -130,6 +134,7 @@ class Trainer:
     one is refused: a mistyped --output must not start a new run) or 'auto' (continue if there is one)."""
 
     def __init__(self, config: Config, run_dir: str | Path, resume: bool | str = False):
+        config = resolve_for_device(config, pick_device(config.train.device).type)  # engine (issue 16)
         self.config = config
         self.run_dir = Path(run_dir)
         tc, dc, mc = config.train, config.data, config.model
@@ -208,7 +213,7 @@ class Trainer:
 
         # 3. model (the same initial weights on every rank), parallelism, optimizer
         torch.manual_seed(tc.seed)
-        self.module = InfMAE(mc).to(self.device)
+        self.module = prepare_model(InfMAE(mc).to(self.device), tc, self.device)  # engine (issue 16)
         self.n_params = sum(p.numel() for p in self.module.parameters() if p.requires_grad)  # before sharding
         self.flops_per_image = self.module.flops_per_image()
         self.mesh = None
@@ -553,6 +558,7 @@ class Trainer:
                 for path, reason in batch.skipped:
                     self.skipped.setdefault(path, reason)
                 images = batch.to(self.device, torch.float32, channels=mc.in_chans, non_blocking=True).images
+                images = to_model_input(images, tc)  # engine (issue 16)
                 with self._gradient_sync(micro == tc.accum_steps - 1):
                     with self.autocast:
                         out = self.model(images)
