@@ -107,25 +107,12 @@ def _lookup_positions(ids_row_ptr, ids_stride_k, positions, K, BLOCK_ROWS: tl.co
 
 
 @triton.jit
-def _copy_gathered_rows(
-    src_ptr,
-    src_stride_b,
-    src_stride_l,
-    src_stride_d,
-    dst_ptr,
-    dst_stride_b,
-    dst_stride_k,
-    dst_stride_d,
-    batch,
-    ids,
-    slots,
-    cols,
-    tile_mask,
-):
-    src = src_ptr + batch * src_stride_b + ids * src_stride_l
-    values = tl.load(src[:, None] + cols[None, :] * src_stride_d, mask=tile_mask)
-    dst = dst_ptr + batch * dst_stride_b + slots * dst_stride_k
-    tl.store(dst[:, None] + cols[None, :] * dst_stride_d, values, mask=tile_mask)
+def _copy_gathered_rows(src_ptr, src_strides, dst_ptr, dst_strides, batch, ids, slots, cols, tile_mask):
+    """One tensor of a gather: src_strides (b, l, d), dst_strides (b, k, d)."""
+    src = src_ptr + batch * src_strides[0] + ids * src_strides[1]
+    values = tl.load(src[:, None] + cols[None, :] * src_strides[2], mask=tile_mask)
+    dst = dst_ptr + batch * dst_strides[0] + slots * dst_strides[1]
+    tl.store(dst[:, None] + cols[None, :] * dst_strides[2], values, mask=tile_mask)
 
 
 @triton.jit
@@ -133,30 +120,10 @@ def _gather_rows_kernel(
     ids_ptr,
     ids_stride_b,
     ids_stride_k,
-    src0_ptr,
-    src0_stride_b,
-    src0_stride_l,
-    src0_stride_d,
-    src1_ptr,
-    src1_stride_b,
-    src1_stride_l,
-    src1_stride_d,
-    src2_ptr,
-    src2_stride_b,
-    src2_stride_l,
-    src2_stride_d,
-    dst0_ptr,
-    dst0_stride_b,
-    dst0_stride_k,
-    dst0_stride_d,
-    dst1_ptr,
-    dst1_stride_b,
-    dst1_stride_k,
-    dst1_stride_d,
-    dst2_ptr,
-    dst2_stride_b,
-    dst2_stride_k,
-    dst2_stride_d,
+    srcs,
+    src_strides,
+    dsts,
+    dst_strides,
     num_rows,
     K,
     D,
@@ -174,65 +141,16 @@ def _gather_rows_kernel(
     slots = rows % K
     ids = tl.load(ids_ptr + batch * ids_stride_b + slots * ids_stride_k, mask=row_ok, other=0)
     tile_mask = row_ok[:, None] & (cols < D)[None, :]
-    _copy_gathered_rows(
-        src0_ptr,
-        src0_stride_b,
-        src0_stride_l,
-        src0_stride_d,
-        dst0_ptr,
-        dst0_stride_b,
-        dst0_stride_k,
-        dst0_stride_d,
-        batch,
-        ids,
-        slots,
-        cols,
-        tile_mask,
-    )
-    if NUM_TENSORS > 1:
-        _copy_gathered_rows(
-            src1_ptr,
-            src1_stride_b,
-            src1_stride_l,
-            src1_stride_d,
-            dst1_ptr,
-            dst1_stride_b,
-            dst1_stride_k,
-            dst1_stride_d,
-            batch,
-            ids,
-            slots,
-            cols,
-            tile_mask,
-        )
-    if NUM_TENSORS > 2:
-        _copy_gathered_rows(
-            src2_ptr,
-            src2_stride_b,
-            src2_stride_l,
-            src2_stride_d,
-            dst2_ptr,
-            dst2_stride_b,
-            dst2_stride_k,
-            dst2_stride_d,
-            batch,
-            ids,
-            slots,
-            cols,
-            tile_mask,
-        )
+    for i in tl.static_range(NUM_TENSORS):  # tuples of NUM_TENSORS pointers and (b, l|k, d) strides
+        _copy_gathered_rows(srcs[i], src_strides[i], dsts[i], dst_strides[i], batch, ids, slots, cols, tile_mask)
 
 
 @triton.jit
 def _place_rows(
     src_ptr,
-    src_stride_b,
-    src_stride_k,
-    src_stride_d,
+    src_strides,
     dst_ptr,
-    dst_stride_b,
-    dst_stride_l,
-    dst_stride_d,
+    dst_strides,
     fill_ptr,
     fill_stride,
     batch,
@@ -243,6 +161,9 @@ def _place_rows(
     col_ok,
     HAS_FILL: tl.constexpr,
 ):
+    """One tensor of a placement: src_strides (b, k, d), dst_strides (b, l, d)."""
+    src_stride_b, src_stride_k, src_stride_d = src_strides[0], src_strides[1], src_strides[2]
+    dst_stride_b, dst_stride_l, dst_stride_d = dst_strides[0], dst_strides[1], dst_strides[2]
     kept = slots >= 0
     src = src_ptr + batch * src_stride_b + slots * src_stride_k
     values = tl.load(src[:, None] + cols[None, :] * src_stride_d, mask=tile_mask & kept[:, None], other=0.0)
@@ -259,30 +180,10 @@ def _place_rows_kernel(
     ids_ptr,
     ids_stride_b,
     ids_stride_k,
-    src0_ptr,
-    src0_stride_b,
-    src0_stride_k,
-    src0_stride_d,
-    src1_ptr,
-    src1_stride_b,
-    src1_stride_k,
-    src1_stride_d,
-    src2_ptr,
-    src2_stride_b,
-    src2_stride_k,
-    src2_stride_d,
-    dst0_ptr,
-    dst0_stride_b,
-    dst0_stride_l,
-    dst0_stride_d,
-    dst1_ptr,
-    dst1_stride_b,
-    dst1_stride_l,
-    dst1_stride_d,
-    dst2_ptr,
-    dst2_stride_b,
-    dst2_stride_l,
-    dst2_stride_d,
+    srcs,
+    src_strides,
+    dsts,
+    dst_strides,
     fill_ptr,
     fill_stride,
     L,
@@ -305,55 +206,12 @@ def _place_rows_kernel(
     col_ok = cols < D
     tile_mask = (positions < L)[:, None] & col_ok[None, :]
     slots = _lookup_positions(ids_ptr + batch * ids_stride_b, ids_stride_k, positions, K, BLOCK_ROWS, BLOCK_K)
-    _place_rows(
-        src0_ptr,
-        src0_stride_b,
-        src0_stride_k,
-        src0_stride_d,
-        dst0_ptr,
-        dst0_stride_b,
-        dst0_stride_l,
-        dst0_stride_d,
-        fill_ptr,
-        fill_stride,
-        batch,
-        positions,
-        slots,
-        cols,
-        tile_mask,
-        col_ok,
-        HAS_FILL,
-    )
-    if NUM_TENSORS > 1:
+    for i in tl.static_range(NUM_TENSORS):  # tuples of NUM_TENSORS pointers and (b, k|l, d) strides
         _place_rows(
-            src1_ptr,
-            src1_stride_b,
-            src1_stride_k,
-            src1_stride_d,
-            dst1_ptr,
-            dst1_stride_b,
-            dst1_stride_l,
-            dst1_stride_d,
-            fill_ptr,
-            fill_stride,
-            batch,
-            positions,
-            slots,
-            cols,
-            tile_mask,
-            col_ok,
-            HAS_FILL,
-        )
-    if NUM_TENSORS > 2:
-        _place_rows(
-            src2_ptr,
-            src2_stride_b,
-            src2_stride_k,
-            src2_stride_d,
-            dst2_ptr,
-            dst2_stride_b,
-            dst2_stride_l,
-            dst2_stride_d,
+            srcs[i],
+            src_strides[i],
+            dsts[i],
+            dst_strides[i],
             fill_ptr,
             fill_stride,
             batch,
@@ -553,13 +411,9 @@ def _validate_restore(op: str, visible_BKD, mask_token_D, ids_keep_BK, num_patch
         fail(op, f"num_patches >= K = {K}", str(num_patches), "pass L = h*w of the patch grid")
 
 
-def _stride_args(tensors: list[torch.Tensor]) -> list:
-    """(ptr, stride0, stride1, stride2) per tensor, padded to three tensors with the first one (unused)."""
-    padded = tensors + [tensors[0]] * (MAX_TENSORS_PER_LAUNCH - len(tensors))
-    args = []
-    for t in padded:
-        args += [t, t.stride(0), t.stride(1), t.stride(2)]
-    return args
+def _stride_args(tensors: list[torch.Tensor]) -> tuple[tuple, tuple]:
+    """(the tensors, their (stride0, stride1, stride2)) as two tuples: one kernel argument each (Triton tuples)."""
+    return tuple(tensors), tuple(tuple(t.stride()) for t in tensors)
 
 
 # ---------------------------------------------------------------------------------------------
