@@ -146,22 +146,10 @@ def _gather_rows_kernel(
 
 
 @triton.jit
-def _place_rows(
-    src_ptr,
-    src_strides,
-    dst_ptr,
-    dst_strides,
-    fill_ptr,
-    fill_stride,
-    batch,
-    positions,
-    slots,
-    cols,
-    tile_mask,
-    col_ok,
-    HAS_FILL: tl.constexpr,
-):
-    """One tensor of a placement: src_strides (b, k, d), dst_strides (b, l, d)."""
+def _place_rows(src_ptr, src_strides, dst_ptr, dst_strides, fill_ptr, fill_stride, block, HAS_FILL: tl.constexpr):
+    """One tensor of a placement: src_strides (b, k, d), dst_strides (b, l, d); block: the program's
+    (batch, positions, slots, cols, tile_mask, col_ok), shared by its tensors."""
+    batch, positions, slots, cols, tile_mask, col_ok = block[0], block[1], block[2], block[3], block[4], block[5]
     src_stride_b, src_stride_k, src_stride_d = src_strides[0], src_strides[1], src_strides[2]
     dst_stride_b, dst_stride_l, dst_stride_d = dst_strides[0], dst_strides[1], dst_strides[2]
     kept = slots >= 0
@@ -180,12 +168,12 @@ def _place_rows_kernel(
     ids_ptr,
     ids_stride_b,
     ids_stride_k,
+    fill_ptr,
+    fill_stride,
     srcs,
     src_strides,
     dsts,
     dst_strides,
-    fill_ptr,
-    fill_stride,
     L,
     K,
     D,
@@ -206,22 +194,9 @@ def _place_rows_kernel(
     col_ok = cols < D
     tile_mask = (positions < L)[:, None] & col_ok[None, :]
     slots = _lookup_positions(ids_ptr + batch * ids_stride_b, ids_stride_k, positions, K, BLOCK_ROWS, BLOCK_K)
+    block = (batch, positions, slots, cols, tile_mask, col_ok)
     for i in tl.static_range(NUM_TENSORS):  # tuples of NUM_TENSORS pointers and (b, k|l, d) strides
-        _place_rows(
-            srcs[i],
-            src_strides[i],
-            dsts[i],
-            dst_strides[i],
-            fill_ptr,
-            fill_stride,
-            batch,
-            positions,
-            slots,
-            cols,
-            tile_mask,
-            col_ok,
-            HAS_FILL,
-        )
+        _place_rows(srcs[i], src_strides[i], dsts[i], dst_strides[i], fill_ptr, fill_stride, block, HAS_FILL)
 
 
 @triton.jit
@@ -416,6 +391,34 @@ def _stride_args(tensors: list[torch.Tensor]) -> tuple[tuple, tuple]:
     return tuple(tensors), tuple(tuple(t.stride()) for t in tensors)
 
 
+def _launch_place_rows(ids_keep_BK, fill, srcs, dsts, num_patches: int) -> None:
+    """One ``_place_rows_kernel`` launch: [B,K,D] srcs -> [B,L,D] dsts; fill: (mask token [D], its stride) or
+    None (zeros: the gather backward)."""
+    B, K, D = srcs[0].shape
+    block_rows, block_d, num_warps = _config(D)
+    blocks_per_row = triton.cdiv(num_patches, block_rows)
+    fill_ptr, fill_stride = fill if fill is not None else (dsts[0], 0)  # no fill: unused
+    _place_rows_kernel[(B * blocks_per_row, triton.cdiv(D, block_d))](
+        ids_keep_BK,
+        ids_keep_BK.stride(0),
+        ids_keep_BK.stride(1),
+        fill_ptr,
+        fill_stride,
+        *_stride_args(list(srcs)),
+        *_stride_args(list(dsts)),
+        num_patches,
+        K,
+        D,
+        blocks_per_row,
+        NUM_TENSORS=len(srcs),
+        HAS_FILL=fill is not None,
+        BLOCK_ROWS=block_rows,
+        BLOCK_K=_BLOCK_K,
+        BLOCK_D=block_d,
+        num_warps=num_warps,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Launchers (validate, allocate or check out=, launch once)
 # ---------------------------------------------------------------------------------------------
@@ -512,28 +515,7 @@ def _token_gather_backward(
         return tuple(outs)
     if B * num_patches * D == 0:
         return tuple(outs)
-    block_rows, block_d, num_warps = _config(D)
-    blocks_per_row = triton.cdiv(num_patches, block_rows)
-    grid = (B * blocks_per_row, triton.cdiv(D, block_d))
-    _place_rows_kernel[grid](
-        ids_keep_BK,
-        ids_keep_BK.stride(0),
-        ids_keep_BK.stride(1),
-        *_stride_args(grads),
-        *_stride_args(outs),
-        outs[0],
-        0,  # no fill: unused
-        num_patches,
-        K,
-        D,
-        blocks_per_row,
-        NUM_TENSORS=len(grads),
-        HAS_FILL=False,
-        BLOCK_ROWS=block_rows,
-        BLOCK_K=_BLOCK_K,
-        BLOCK_D=block_d,
-        num_warps=num_warps,
-    )
+    _launch_place_rows(ids_keep_BK, None, grads, outs, num_patches)
     return tuple(outs)
 
 
@@ -558,28 +540,7 @@ def _token_restore_forward(
     if B * num_patches * D == 0:
         return out
     mask_flat = mask_token_D.reshape(D)  # a view for the usual contiguous [1,1,D]; its stride is passed
-    block_rows, block_d, num_warps = _config(D)
-    blocks_per_row = triton.cdiv(num_patches, block_rows)
-    grid = (B * blocks_per_row, triton.cdiv(D, block_d))
-    _place_rows_kernel[grid](
-        ids_keep_BK,
-        ids_keep_BK.stride(0),
-        ids_keep_BK.stride(1),
-        *_stride_args([visible_BKD]),
-        *_stride_args([out]),
-        mask_flat,
-        mask_flat.stride(0),
-        num_patches,
-        K,
-        D,
-        blocks_per_row,
-        NUM_TENSORS=1,
-        HAS_FILL=True,
-        BLOCK_ROWS=block_rows,
-        BLOCK_K=_BLOCK_K,
-        BLOCK_D=block_d,
-        num_warps=num_warps,
-    )
+    _launch_place_rows(ids_keep_BK, (mask_flat, mask_flat.stride(0)), [visible_BKD], [out], num_patches)
     return out
 
 
