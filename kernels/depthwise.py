@@ -25,8 +25,9 @@ Design notes:
   ``grad_in(p) = sum_e grad_out(p + e - 2) * w[4 - e]``. The neighbour relation is symmetric, and masked
   tiles have neither inputs nor outputs, so the table serves both directions.
 - Weight and bias gradients: no atomics. Each program sums ``grad_out * shifted input`` over a fixed chunk of
-  tiles for its channel block into fp32 partials [P,26,C] (25 taps + the bias); the partials are then summed
-  over P by ``torch.sum`` in a fixed order: bitwise deterministic.
+  tiles (one tensor dimension, no loop), for one kernel row of taps and its channel block, into fp32 partials
+  [P,26,C] (25 taps + the bias); the partials are then summed over P by ``torch.sum`` in a fixed order:
+  bitwise deterministic. At most 128 registers per thread at sm_90 for every variant (a compile test).
 - One config, from T and C (no autotune). Under the Triton interpreter (CPU tests) bf16 arithmetic and
   fp32->bf16 conversion are wrong, so every load is converted to fp32 and stores round by integer ops
   (``to_dtype_rtne``, kernels/_launch.py).
@@ -53,8 +54,9 @@ from kernels._launch import to_dtype_rtne, use_triton
 __all__ = ["depthwise_conv5x5_tiles"]
 
 OP = "depthwise_conv5x5_tiles"
-_TARGET_PARTIALS = 512  # weight gradient: about this many fp32 partial rows (chunks of tiles)
 _TAP_SLOTS = 32  # the 25 taps padded to a power of two
+_WGRAD_ROWS = 64  # weight gradient: pixel rows per program (TILES tiles of BLOCK_P pixels)
+_WGRAD_BLOCK_C = 16  # weight gradient: channels per program (32 bytes of bf16, one sector)
 
 
 def _use_triton(t: torch.Tensor) -> bool:
@@ -63,47 +65,46 @@ def _use_triton(t: torch.Tensor) -> bool:
 
 
 def _config(T: int, C: int) -> tuple[int, int, int]:
-    """(BLOCK_P, BLOCK_C, num_warps): all T*T pixels of a tile x 32 tap slots (25 used) x BLOCK_C channels,
-    about 8192 elements per program (T=4: 16 channels, T=2: 64), fewer for narrow C."""
+    """Forward / input gradient: (BLOCK_P, BLOCK_C, num_warps): all T*T pixels of a tile x 32 tap slots (25
+    used) x BLOCK_C channels (T=4: 16 channels, 8192 elements on 8 warps; T=2: 32 channels, 4096 elements on 4
+    warps; fewer for narrow C). T=2 used 64 channels (8192 elements): 106-128 registers per thread at sm_90,
+    at the limit; 32 needs 56-64."""
     block_p = triton.next_power_of_2(T * T)
-    block_c = min(triton.next_power_of_2(max(C, 1)), max(16, 8192 // (block_p * _TAP_SLOTS)))
-    return block_p, block_c, 8 if block_p * _TAP_SLOTS * block_c >= 8192 else 4  # 8 warps: fewer registers each
+    block_c = min(triton.next_power_of_2(max(C, 1)), max(16, 4096 // (block_p * _TAP_SLOTS)))
+    return block_p, block_c, _warps(block_p * _TAP_SLOTS * block_c)
+
+
+def _warps(elements: int) -> int:
+    """8 warps for the 8192-element programs: half the registers per thread of 4 (sm_90 compile: 124 -> ~70)."""
+    return 8 if elements >= 8192 else 4
+
+
+def _wgrad_config(T: int, C: int) -> tuple[int, int, int, int]:
+    """Weight gradient: (BLOCK_P, TILES, BLOCK_C, num_warps): TILES whole tiles (64 pixel rows) x 8 tap slots
+    (one kernel row) x 16 channels = 8192 elements per program, fewer for narrow C."""
+    block_p = triton.next_power_of_2(T * T)
+    tiles = max(1, _WGRAD_ROWS // block_p)
+    block_c = min(triton.next_power_of_2(max(C, 1)), _WGRAD_BLOCK_C)
+    return block_p, tiles, block_c, _warps(tiles * block_p * 8 * block_c)
 
 
 # ---------------------------------------------------------------------------------------------
 # Triton kernels
 # ---------------------------------------------------------------------------------------------
 @triton.jit
-def _gather_window(
-    src_ptr,
-    s_b,
-    s_k,
-    s_y,
-    s_x,
-    s_c,
-    neighbour_row,
-    s_slot,
-    batch,
-    pixel_ok,
-    cols,
-    col_ok,
-    T: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    TAPS: tl.constexpr,
-):
-    """For every pixel p of a tile and tap (dy, dx) = (t // 5, t % 5): src at pixel (p + (dy, dx) - 2),
-    read from the neighbourhood tile it falls in (zero for a -1 neighbour): [BLOCK_P, TAPS, BLOCK_C] fp32.
-    All 25 taps in one tensor: one gather per program (the interpreter's cost is per operation)."""
-    pixels = tl.arange(0, BLOCK_P)
-    taps = tl.arange(0, TAPS)
+def _gather_window(src_rows, s_k, s_y, s_x, s_c, nb_rows, s_slot, pixels, row_ok, taps, tap_ok, cols, col_ok, T):
+    """For every row (a pixel p of a tile) and tap t (dy, dx) = (t // 5, t % 5): src at pixel (p + (dy, dx) - 2),
+    read from the neighbourhood tile it falls in (zero for a -1 neighbour): [R, G, BLOCK_C] fp32.
+    src_rows / nb_rows [R]: each row's image in src and its tile's row of the neighbour table; pixels [R];
+    taps [G]. All taps in one tensor: one gather per program (the interpreter's cost is per operation)."""
     yy = (pixels // T)[:, None] + (taps // 5)[None, :] + (T - 2)  # row in the 3T x 3T neighbourhood
     xx = (pixels % T)[:, None] + (taps % 5)[None, :] + (T - 2)
     ny = yy // T
     nx = xx // T
-    ok = pixel_ok[:, None] & (taps < 25)[None, :]
-    neighbour = tl.load(neighbour_row + (ny * 3 + nx) * s_slot, mask=ok, other=-1)  # [P, TAPS] int64
+    ok = row_ok[:, None] & tap_ok[None, :]
+    neighbour = tl.load(nb_rows[:, None] + (ny * 3 + nx) * s_slot, mask=ok, other=-1)  # [R, G] int64
     ok = ok & (neighbour >= 0)
-    base = src_ptr + batch * s_b + neighbour * s_k + (yy - ny * T) * s_y + (xx - nx * T) * s_x
+    base = src_rows[:, None] + neighbour * s_k + (yy - ny * T) * s_y + (xx - nx * T) * s_x
     values = tl.load(
         base[:, :, None] + cols[None, None, :] * s_c, mask=ok[:, :, None] & col_ok[None, None, :], other=0.0
     )
@@ -152,29 +153,20 @@ def _depthwise_tiles_kernel(
     col_ok = cols < C
     pixels = tl.arange(0, BLOCK_P)
     pixel_ok = pixels < T * T
-    values = _gather_window(
-        src_ptr,
-        s_b,
-        s_k,
-        s_y,
-        s_x,
-        s_c,
-        nb_ptr + batch * nb_b + k * nb_k,
-        nb_s,
-        batch,
-        pixel_ok,
-        cols,
-        col_ok,
-        T,
-        BLOCK_P,
-        TAPS,
-    )
+    same = tl.zeros([BLOCK_P], dtype=tl.int64)  # every row (pixel) in the same tile
+    src_rows = src_ptr + (same + batch * s_b)
+    nb_rows = nb_ptr + (same + batch * nb_b + k * nb_k)
     taps = tl.arange(0, TAPS)
+    tap_ok = taps < 25
+    values = _gather_window(
+        src_rows, s_k, s_y, s_x, s_c, nb_rows, nb_s, pixels, pixel_ok, taps, tap_ok, cols, col_ok, T
+    )
     if FLIP:
         taps = 24 - taps  # w[4 - dy, 4 - dx]
-    w_mask = (tl.arange(0, TAPS) < 25)[:, None] & col_ok[None, :]
     w = tl.load(
-        w_ptr + cols[None, :] * w_c + (taps // 5)[:, None] * w_y + (taps % 5)[:, None] * w_x, mask=w_mask, other=0.0
+        w_ptr + cols[None, :] * w_c + (taps // 5)[:, None] * w_y + (taps % 5)[:, None] * w_x,
+        mask=tap_ok[:, None] & col_ok[None, :],
+        other=0.0,
     ).to(tl.float32)  # [TAPS, BLOCK_C]
     acc = tl.sum(values * w[None, :, :], axis=1)  # [BLOCK_P, BLOCK_C]
     if HAS_BIAS:
@@ -209,53 +201,47 @@ def _depthwise_tiles_wgrad_kernel(
     num_tiles,
     K,
     C,
-    tiles_per_program,
     T: tl.constexpr,
     BLOCK_P: tl.constexpr,
+    TILES: tl.constexpr,
     BLOCK_C: tl.constexpr,
-    TAPS: tl.constexpr,
 ):
-    """partial[p, tap, c] = sum over the program's chunk of tiles and their pixels of grad * x[pixel + tap - 2],
-    partial[p, 25, c] = the sum of grad (the bias). Tiles in a fixed order.
-    Grid (P, cdiv(C, BLOCK_C)); partial [P,26,C] fp32 contiguous."""
+    """partial[p, 5*dy + dx, c] = sum over the TILES tiles of chunk p and their pixels of grad * x[pixel + (dy, dx)
+    - 2]; partial[p, 25, c] = the sum of grad (the bias), written by the dy = 0 programs.
+    Grid (P = cdiv(num_tiles, TILES), 5 kernel rows dy, cdiv(C, BLOCK_C)); partial [P,26,C] fp32 contiguous.
+
+    Why this shape (it replaced one program per chunk of ~25 tiles looping over them with all 32 tap slots
+    live, 229 registers per thread at sm_90 for T=2): the chunk's tiles are one tensor dimension (TILES *
+    BLOCK_P rows, reduced by ``tl.sum``: no serial loop), and a program owns one kernel row of taps (5 of 8
+    slots) so only an [8, BLOCK_C] accumulator is live; the more, smaller partial rows are summed afterwards in
+    a fixed order (``torch.sum``: still bitwise deterministic, no atomics). The price: more partial rows, at
+    the training shape (12,544 visible tiles) 3,136 x 26 x 256 fp32 at T=4 (83 MB) and 784 x 26 x 384 at T=2
+    (31 MB), against 512 rows before; not yet timed on a GPU."""
     chunk = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    dy = tl.program_id(1)
+    cols = tl.program_id(2).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C
-    pixels = tl.arange(0, BLOCK_P)
-    acc = tl.zeros([TAPS, BLOCK_C], dtype=tl.float32)
-    acc_bias = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for step in range(0, tiles_per_program):
-        tile = chunk * tiles_per_program + step
-        pixel_ok = (pixels < T * T) & (tile < num_tiles)
-        batch = tile // K
-        k = tile % K
-        grad_src = g_ptr + batch * g_b + k * g_k + (pixels // T) * g_y + (pixels % T) * g_x
-        grad = tl.load(grad_src[:, None] + cols[None, :] * g_c, mask=pixel_ok[:, None] & col_ok[None, :], other=0.0).to(
-            tl.float32
-        )  # [BLOCK_P, BLOCK_C]
-        values = _gather_window(
-            x_ptr,
-            x_b,
-            x_k,
-            x_y,
-            x_x,
-            x_c,
-            nb_ptr + batch * nb_b + k * nb_k,
-            nb_s,
-            batch,
-            pixel_ok,
-            cols,
-            col_ok,
-            T,
-            BLOCK_P,
-            TAPS,
-        )
-        acc += tl.sum(grad[:, None, :] * values, axis=0)
-        acc_bias += tl.sum(grad, axis=0)
-    taps = tl.arange(0, TAPS)
+    rows = tl.arange(0, TILES * BLOCK_P)
+    tile = chunk * TILES + rows // BLOCK_P  # [R]: row r is pixel r % BLOCK_P of the chunk's tile r // BLOCK_P
+    pixels = rows % BLOCK_P
+    row_ok = (pixels < T * T) & (tile < num_tiles)
+    batch = tile // K
+    k = tile % K
+    grad_src = g_ptr + batch * g_b + k * g_k + (pixels // T) * g_y + (pixels % T) * g_x
+    grad = tl.load(grad_src[:, None] + cols[None, :] * g_c, mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(
+        tl.float32
+    )  # [R, BLOCK_C]
+    slots = tl.arange(0, 8)
+    tap_ok = slots < 5
+    taps = dy * 5 + slots
+    nb_rows = nb_ptr + batch * nb_b + k * nb_k
+    values = _gather_window(
+        x_ptr + batch * x_b, x_k, x_y, x_x, x_c, nb_rows, nb_s, pixels, row_ok, taps, tap_ok, cols, col_ok, T
+    )
+    acc = tl.sum(grad[:, None, :] * values, axis=0)  # [8, BLOCK_C]
     row = partial_ptr + chunk * 26 * C
-    tl.store(row + taps[:, None] * C + cols[None, :], acc, mask=(taps < 25)[:, None] & col_ok[None, :])
-    tl.store(row + 25 * C + cols, acc_bias, mask=col_ok)
+    tl.store(row + taps[:, None] * C + cols[None, :], acc, mask=tap_ok[:, None] & col_ok[None, :])
+    tl.store(row + 25 * C + cols, tl.sum(grad, axis=0), mask=col_ok & (dy == 0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,11 +356,10 @@ def _depthwise_conv5x5_tiles_backward(
         if has_bias:
             grad_bias.zero_()
         return grad_tiles, grad_weight, grad_bias
-    tiles_per_program = max(1, triton.cdiv(num_tiles, _TARGET_PARTIALS))
-    num_partials = triton.cdiv(num_tiles, tiles_per_program)
+    block_p, tiles, block_c, num_warps = _wgrad_config(T, C)
+    num_partials = triton.cdiv(num_tiles, tiles)
     partial = torch.empty(num_partials, 26, C, dtype=torch.float32, device=tiles_BKTTC.device)
-    block_p, block_c, num_warps = _config(T, C)
-    _depthwise_tiles_wgrad_kernel[(num_partials, triton.cdiv(C, block_c))](
+    _depthwise_tiles_wgrad_kernel[(num_partials, 5, triton.cdiv(C, block_c))](
         tiles_BKTTC,
         *tiles_BKTTC.stride(),
         grad_BKTTC,
@@ -385,11 +370,10 @@ def _depthwise_conv5x5_tiles_backward(
         num_tiles,
         K,
         C,
-        tiles_per_program,
         T=T,
         BLOCK_P=block_p,
+        TILES=tiles,
         BLOCK_C=block_c,
-        TAPS=_TAP_SLOTS,
         num_warps=num_warps,
     )
     totals = partial.sum(dim=0)  # [26, C] fp32, a fixed-order reduction
@@ -456,12 +440,8 @@ class _DepthwiseTiles(torch.autograd.Function):
         )
 
 
-def depthwise_conv5x5_tiles(
-    tiles_BKTTC: torch.Tensor,
-    neighbours_BK9: torch.Tensor,
-    weight_C155: torch.Tensor,
-    bias_C: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The twin's op (``reference.depthwise_conv5x5_tiles``) by Triton kernels, forward and backward."""
+def depthwise_conv5x5_tiles(tiles_BKTTC, neighbours_BK9, weight_C155, bias_C=None) -> torch.Tensor:
+    """The twin's op (``reference.depthwise_conv5x5_tiles``: the same arguments, types and shapes, documented
+    there) by Triton kernels, forward and backward."""
     _validate(tiles_BKTTC, neighbours_BK9, weight_C155, bias_C)
     return _DepthwiseTiles.apply(tiles_BKTTC, neighbours_BK9, weight_C155, bias_C)

@@ -107,25 +107,12 @@ def _lookup_positions(ids_row_ptr, ids_stride_k, positions, K, BLOCK_ROWS: tl.co
 
 
 @triton.jit
-def _copy_gathered_rows(
-    src_ptr,
-    src_stride_b,
-    src_stride_l,
-    src_stride_d,
-    dst_ptr,
-    dst_stride_b,
-    dst_stride_k,
-    dst_stride_d,
-    batch,
-    ids,
-    slots,
-    cols,
-    tile_mask,
-):
-    src = src_ptr + batch * src_stride_b + ids * src_stride_l
-    values = tl.load(src[:, None] + cols[None, :] * src_stride_d, mask=tile_mask)
-    dst = dst_ptr + batch * dst_stride_b + slots * dst_stride_k
-    tl.store(dst[:, None] + cols[None, :] * dst_stride_d, values, mask=tile_mask)
+def _copy_gathered_rows(src_ptr, src_strides, dst_ptr, dst_strides, batch, ids, slots, cols, tile_mask):
+    """One tensor of a gather: src_strides (b, l, d), dst_strides (b, k, d)."""
+    src = src_ptr + batch * src_strides[0] + ids * src_strides[1]
+    values = tl.load(src[:, None] + cols[None, :] * src_strides[2], mask=tile_mask)
+    dst = dst_ptr + batch * dst_strides[0] + slots * dst_strides[1]
+    tl.store(dst[:, None] + cols[None, :] * dst_strides[2], values, mask=tile_mask)
 
 
 @triton.jit
@@ -133,30 +120,10 @@ def _gather_rows_kernel(
     ids_ptr,
     ids_stride_b,
     ids_stride_k,
-    src0_ptr,
-    src0_stride_b,
-    src0_stride_l,
-    src0_stride_d,
-    src1_ptr,
-    src1_stride_b,
-    src1_stride_l,
-    src1_stride_d,
-    src2_ptr,
-    src2_stride_b,
-    src2_stride_l,
-    src2_stride_d,
-    dst0_ptr,
-    dst0_stride_b,
-    dst0_stride_k,
-    dst0_stride_d,
-    dst1_ptr,
-    dst1_stride_b,
-    dst1_stride_k,
-    dst1_stride_d,
-    dst2_ptr,
-    dst2_stride_b,
-    dst2_stride_k,
-    dst2_stride_d,
+    srcs,
+    src_strides,
+    dsts,
+    dst_strides,
     num_rows,
     K,
     D,
@@ -174,75 +141,17 @@ def _gather_rows_kernel(
     slots = rows % K
     ids = tl.load(ids_ptr + batch * ids_stride_b + slots * ids_stride_k, mask=row_ok, other=0)
     tile_mask = row_ok[:, None] & (cols < D)[None, :]
-    _copy_gathered_rows(
-        src0_ptr,
-        src0_stride_b,
-        src0_stride_l,
-        src0_stride_d,
-        dst0_ptr,
-        dst0_stride_b,
-        dst0_stride_k,
-        dst0_stride_d,
-        batch,
-        ids,
-        slots,
-        cols,
-        tile_mask,
-    )
-    if NUM_TENSORS > 1:
-        _copy_gathered_rows(
-            src1_ptr,
-            src1_stride_b,
-            src1_stride_l,
-            src1_stride_d,
-            dst1_ptr,
-            dst1_stride_b,
-            dst1_stride_k,
-            dst1_stride_d,
-            batch,
-            ids,
-            slots,
-            cols,
-            tile_mask,
-        )
-    if NUM_TENSORS > 2:
-        _copy_gathered_rows(
-            src2_ptr,
-            src2_stride_b,
-            src2_stride_l,
-            src2_stride_d,
-            dst2_ptr,
-            dst2_stride_b,
-            dst2_stride_k,
-            dst2_stride_d,
-            batch,
-            ids,
-            slots,
-            cols,
-            tile_mask,
-        )
+    for i in tl.static_range(NUM_TENSORS):  # tuples of NUM_TENSORS pointers and (b, l|k, d) strides
+        _copy_gathered_rows(srcs[i], src_strides[i], dsts[i], dst_strides[i], batch, ids, slots, cols, tile_mask)
 
 
 @triton.jit
-def _place_rows(
-    src_ptr,
-    src_stride_b,
-    src_stride_k,
-    src_stride_d,
-    dst_ptr,
-    dst_stride_b,
-    dst_stride_l,
-    dst_stride_d,
-    fill_ptr,
-    fill_stride,
-    batch,
-    positions,
-    slots,
-    cols,
-    tile_mask,
-    col_ok,
-    HAS_FILL: tl.constexpr,
-):
+def _place_rows(src_ptr, src_strides, dst_ptr, dst_strides, fill_ptr, fill_stride, block, HAS_FILL: tl.constexpr):
+    """One tensor of a placement: src_strides (b, k, d), dst_strides (b, l, d); block: the program's
+    (batch, positions, slots, cols, tile_mask, col_ok), shared by its tensors."""
+    batch, positions, slots, cols, tile_mask, col_ok = block[0], block[1], block[2], block[3], block[4], block[5]
+    src_stride_b, src_stride_k, src_stride_d = src_strides[0], src_strides[1], src_strides[2]
+    dst_stride_b, dst_stride_l, dst_stride_d = dst_strides[0], dst_strides[1], dst_strides[2]
     kept = slots >= 0
     src = src_ptr + batch * src_stride_b + slots * src_stride_k
     values = tl.load(src[:, None] + cols[None, :] * src_stride_d, mask=tile_mask & kept[:, None], other=0.0)
@@ -259,32 +168,12 @@ def _place_rows_kernel(
     ids_ptr,
     ids_stride_b,
     ids_stride_k,
-    src0_ptr,
-    src0_stride_b,
-    src0_stride_k,
-    src0_stride_d,
-    src1_ptr,
-    src1_stride_b,
-    src1_stride_k,
-    src1_stride_d,
-    src2_ptr,
-    src2_stride_b,
-    src2_stride_k,
-    src2_stride_d,
-    dst0_ptr,
-    dst0_stride_b,
-    dst0_stride_l,
-    dst0_stride_d,
-    dst1_ptr,
-    dst1_stride_b,
-    dst1_stride_l,
-    dst1_stride_d,
-    dst2_ptr,
-    dst2_stride_b,
-    dst2_stride_l,
-    dst2_stride_d,
     fill_ptr,
     fill_stride,
+    srcs,
+    src_strides,
+    dsts,
+    dst_strides,
     L,
     K,
     D,
@@ -305,65 +194,9 @@ def _place_rows_kernel(
     col_ok = cols < D
     tile_mask = (positions < L)[:, None] & col_ok[None, :]
     slots = _lookup_positions(ids_ptr + batch * ids_stride_b, ids_stride_k, positions, K, BLOCK_ROWS, BLOCK_K)
-    _place_rows(
-        src0_ptr,
-        src0_stride_b,
-        src0_stride_k,
-        src0_stride_d,
-        dst0_ptr,
-        dst0_stride_b,
-        dst0_stride_l,
-        dst0_stride_d,
-        fill_ptr,
-        fill_stride,
-        batch,
-        positions,
-        slots,
-        cols,
-        tile_mask,
-        col_ok,
-        HAS_FILL,
-    )
-    if NUM_TENSORS > 1:
-        _place_rows(
-            src1_ptr,
-            src1_stride_b,
-            src1_stride_k,
-            src1_stride_d,
-            dst1_ptr,
-            dst1_stride_b,
-            dst1_stride_l,
-            dst1_stride_d,
-            fill_ptr,
-            fill_stride,
-            batch,
-            positions,
-            slots,
-            cols,
-            tile_mask,
-            col_ok,
-            HAS_FILL,
-        )
-    if NUM_TENSORS > 2:
-        _place_rows(
-            src2_ptr,
-            src2_stride_b,
-            src2_stride_k,
-            src2_stride_d,
-            dst2_ptr,
-            dst2_stride_b,
-            dst2_stride_l,
-            dst2_stride_d,
-            fill_ptr,
-            fill_stride,
-            batch,
-            positions,
-            slots,
-            cols,
-            tile_mask,
-            col_ok,
-            HAS_FILL,
-        )
+    block = (batch, positions, slots, cols, tile_mask, col_ok)
+    for i in tl.static_range(NUM_TENSORS):  # tuples of NUM_TENSORS pointers and (b, k|l, d) strides
+        _place_rows(srcs[i], src_strides[i], dsts[i], dst_strides[i], fill_ptr, fill_stride, block, HAS_FILL)
 
 
 @triton.jit
@@ -553,13 +386,37 @@ def _validate_restore(op: str, visible_BKD, mask_token_D, ids_keep_BK, num_patch
         fail(op, f"num_patches >= K = {K}", str(num_patches), "pass L = h*w of the patch grid")
 
 
-def _stride_args(tensors: list[torch.Tensor]) -> list:
-    """(ptr, stride0, stride1, stride2) per tensor, padded to three tensors with the first one (unused)."""
-    padded = tensors + [tensors[0]] * (MAX_TENSORS_PER_LAUNCH - len(tensors))
-    args = []
-    for t in padded:
-        args += [t, t.stride(0), t.stride(1), t.stride(2)]
-    return args
+def _stride_args(tensors: list[torch.Tensor]) -> tuple[tuple, tuple]:
+    """(the tensors, their (stride0, stride1, stride2)) as two tuples: one kernel argument each (Triton tuples)."""
+    return tuple(tensors), tuple(tuple(t.stride()) for t in tensors)
+
+
+def _launch_place_rows(ids_keep_BK, fill, srcs, dsts, num_patches: int) -> None:
+    """One ``_place_rows_kernel`` launch: [B,K,D] srcs -> [B,L,D] dsts; fill: (mask token [D], its stride) or
+    None (zeros: the gather backward)."""
+    B, K, D = srcs[0].shape
+    block_rows, block_d, num_warps = _config(D)
+    blocks_per_row = triton.cdiv(num_patches, block_rows)
+    fill_ptr, fill_stride = fill if fill is not None else (dsts[0], 0)  # no fill: unused
+    _place_rows_kernel[(B * blocks_per_row, triton.cdiv(D, block_d))](
+        ids_keep_BK,
+        ids_keep_BK.stride(0),
+        ids_keep_BK.stride(1),
+        fill_ptr,
+        fill_stride,
+        *_stride_args(list(srcs)),
+        *_stride_args(list(dsts)),
+        num_patches,
+        K,
+        D,
+        blocks_per_row,
+        NUM_TENSORS=len(srcs),
+        HAS_FILL=fill is not None,
+        BLOCK_ROWS=block_rows,
+        BLOCK_K=_BLOCK_K,
+        BLOCK_D=block_d,
+        num_warps=num_warps,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -658,28 +515,7 @@ def _token_gather_backward(
         return tuple(outs)
     if B * num_patches * D == 0:
         return tuple(outs)
-    block_rows, block_d, num_warps = _config(D)
-    blocks_per_row = triton.cdiv(num_patches, block_rows)
-    grid = (B * blocks_per_row, triton.cdiv(D, block_d))
-    _place_rows_kernel[grid](
-        ids_keep_BK,
-        ids_keep_BK.stride(0),
-        ids_keep_BK.stride(1),
-        *_stride_args(grads),
-        *_stride_args(outs),
-        outs[0],
-        0,  # no fill: unused
-        num_patches,
-        K,
-        D,
-        blocks_per_row,
-        NUM_TENSORS=len(grads),
-        HAS_FILL=False,
-        BLOCK_ROWS=block_rows,
-        BLOCK_K=_BLOCK_K,
-        BLOCK_D=block_d,
-        num_warps=num_warps,
-    )
+    _launch_place_rows(ids_keep_BK, None, grads, outs, num_patches)
     return tuple(outs)
 
 
@@ -704,28 +540,7 @@ def _token_restore_forward(
     if B * num_patches * D == 0:
         return out
     mask_flat = mask_token_D.reshape(D)  # a view for the usual contiguous [1,1,D]; its stride is passed
-    block_rows, block_d, num_warps = _config(D)
-    blocks_per_row = triton.cdiv(num_patches, block_rows)
-    grid = (B * blocks_per_row, triton.cdiv(D, block_d))
-    _place_rows_kernel[grid](
-        ids_keep_BK,
-        ids_keep_BK.stride(0),
-        ids_keep_BK.stride(1),
-        *_stride_args([visible_BKD]),
-        *_stride_args([out]),
-        mask_flat,
-        mask_flat.stride(0),
-        num_patches,
-        K,
-        D,
-        blocks_per_row,
-        NUM_TENSORS=1,
-        HAS_FILL=True,
-        BLOCK_ROWS=block_rows,
-        BLOCK_K=_BLOCK_K,
-        BLOCK_D=block_d,
-        num_warps=num_warps,
-    )
+    _launch_place_rows(ids_keep_BK, (mask_flat, mask_flat.stride(0)), [visible_BKD], [out], num_patches)
     return out
 
 

@@ -17,9 +17,13 @@ import pytest
 GPU_TARGETS = {"sm80": 80, "sm90": 90}
 
 # Prepended to every script: compile_kernel(kernel, pointers, constexprs) compiles one specialisation for
-# CAPABILITY; the other arguments are i32 scalars (strides and sizes, as Triton specialises them below 2**31).
+# CAPABILITY and returns it; the other arguments are i32 scalars (strides and sizes, as Triton specialises them
+# below 2**31). registers_per_thread(compiled): ptxas's count, without a GPU.
 HELPER = r"""
 import os
+import re
+import subprocess
+import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -38,6 +42,20 @@ def compile_kernel(kernel, pointers, constexprs, num_warps=4, expect="st.global"
     ptx = compiled.asm["ptx"]
     assert f".target sm_{CAPABILITY}" in ptx, (kernel.__name__, "compiled for another target")
     assert expect in ptx, (kernel.__name__, pointers, constexprs)
+    return compiled
+
+
+# ptxas's register count per thread, read from the cubin with Triton's bundled cuobjdump: the compiled
+# kernel's n_regs is only filled in when a GPU driver loads it (CompiledKernel._init_handles), not by the compile.
+def registers_per_thread(compiled):
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run([tool, "--dump-resource-usage", cubin.name], capture_output=True, text=True, check=True)
+    found = re.search(r"REG:(\d+)", usage.stdout)
+    assert found, ("no register count in cuobjdump's output", usage.stdout[-2000:])
+    return int(found.group(1))
 """
 
 

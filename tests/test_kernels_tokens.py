@@ -492,8 +492,9 @@ for D in (768, 24):
     block_rows, block_d, num_warps = tokens._config(D)
     for dtypes in (("*bf16",) * 3, ("*fp32",) * 3, ("*fp16", "*fp32", "*bf16")):
         rows = dict(BLOCK_ROWS=block_rows, BLOCK_D=block_d)
-        for n in (1, 3):
-            data = {f"{side}{i}_ptr": dtypes[i] for side in ("src", "dst") for i in range(3)}
+        for n in (1, 3):  # Triton tuples: n pointers and n (stride, stride, stride) per side
+            strides = (("i32",) * 3,) * n
+            data = dict(srcs=dtypes[:n], dsts=dtypes[:n], src_strides=strides, dst_strides=strides)
             compile_kernel(tokens._gather_rows_kernel, dict(ids, **data), dict(rows, NUM_TENSORS=n), num_warps)
             for fill in (False, True):  # gather backward; restore forward with the mask token (fp32 or not)
                 pointers = dict(ids, **data, fill_ptr="*fp32" if fill else dtypes[0])

@@ -13,13 +13,19 @@ outside the image (``depthwise_conv5x5_tiles`` with the neighbour table of ``til
 masked patches' values in the dense model never reach the latent, so they are not computed.
 
 Layout: channels-last tiles [B,K,T,T,d] (T = 4, then 2), so every per-pixel op of a CBlock is a plain
-matrix product over the last axis; the downsampling convs read the same memory as a channels_last batch of
-B*K small images. The parameters are the dense model's own modules (same state-dict keys).
+matrix product over the last axis. The downsampling convs (kernel = stride = k, aligned with the tiles) are
+matrix products too: each k x k block of a tile, flattened (ky, kx, channel), times the conv weight permuted
+to [out, ky, kx, in] (``conv_as_linear``): one GEMM over all visible tiles instead of a conv over B*K tiny
+images. The parameters are the dense model's own modules (same state-dict keys, checkpoints load unchanged).
+
+Compile: the tiles' sizes are marked static before each stage's blocks, so that a compiled CBlock (one code
+object for both stages) gets one static graph per tile size (4, then 2) instead of going dynamic on T.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from infmae.model.patchify import PATCH
 from kernels import reference
@@ -45,16 +51,58 @@ def _as_tiles(x_NdTT: torch.Tensor, B: int, K: int) -> torch.Tensor:
     return x_NdTT.permute(0, 2, 3, 1).reshape(B, K, T, T, d)
 
 
+def conv_as_linear(conv: torch.nn.Conv2d, x_BKTTd: torch.Tensor, k: int) -> torch.Tensor:
+    """A conv with kernel = stride = k (no padding) on channels-last tiles [B,K,T,T,d] (T a multiple of k) as
+    one matrix product with the conv's own weight and bias: -> [B,K,T/k,T/k,out] (the conv's output, tile by
+    tile, channels-last)."""
+    B, K, T, _, d = x_BKTTd.shape
+    n = T // k
+    blocks = x_BKTTd.reshape(B, K, n, k, n, k, d).transpose(3, 4).reshape(B, K, n, n, k * k * d)
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, k * k * d)  # (ky, kx, in) as the blocks
+    return F.linear(blocks, weight, conv.bias)
+
+
+def _hooked(module: torch.nn.Module) -> bool:
+    """Whether something runs around the module's forward (FSDP2's unshard / reshard and backward
+    preparation, a user's hook): then it is called as a module, on the tiles seen as B*K small images."""
+    return bool(module._forward_pre_hooks or module._forward_hooks)
+
+
+def _downsample(conv: torch.nn.Conv2d, x_BKTTd: torch.Tensor, k: int) -> torch.Tensor:
+    """A stage decoder (kernel = stride = k) on the tiles: -> [B,K,T/k,T/k,out]."""
+    B, K = x_BKTTd.shape[:2]
+    if _hooked(conv):
+        return _as_tiles(conv(_as_images(x_BKTTd)), B, K)
+    return conv_as_linear(conv, x_BKTTd, k)
+
+
+def _patch_embed(embed, x_BKTTd: torch.Tensor, k: int) -> torch.Tensor:
+    """A ``PatchEmbed`` (conv kernel = stride = k, LayerNorm over channels, GELU) on the tiles: the LayerNorm
+    over the last axis of the channels-last result is the dense path's LayerNorm over channels."""
+    B, K = x_BKTTd.shape[:2]
+    if _hooked(embed):
+        return _as_tiles(embed(_as_images(x_BKTTd)), B, K)
+    return embed.act(embed.norm(conv_as_linear(embed.proj, x_BKTTd, k)))
+
+
+def _static_tiles(x_BKTTd: torch.Tensor) -> torch.Tensor:
+    """Mark every size of a stage's input static for dynamo (eager: no effect on the values): a compiled CBlock
+    then specialises on T (4 at stage 1, 2 at stage 2) instead of recompiling once dynamic in T, and a ViT
+    block of stage 3 ([B,K,D] tokens) on K."""
+    if not torch.compiler.is_compiling():
+        torch._dynamo.mark_static(x_BKTTd)
+    return x_BKTTd
+
+
 def sparse_encoder(model, imgs_BCHW: torch.Tensor, masking: MaskOutputs) -> torch.Tensor:
     """The latent [B,K,D] of ``model.forward_encoder`` (an ``InfMAE``), from the visible patches only.
 
-    The downsampling convs run as the model's own modules (``patch_embed1..3``, the skips) on the visible
-    patches seen as a batch of B*K small images (16x16 pixels, then 4x4 and 2x2 tiles): the same ops as
-    the dense path on less data, and module calls, so that hooks on them (FSDP2's unshard / reshard, per
-    module compile) run as in the dense path: each conv stage starts with ``patch_embedN`` and ends with
-    ``stageN_output_decode``, as the dense path does. The CBlocks run as per-pixel matrix products plus
-    ``depthwise_conv5x5_tiles`` on channels-last tiles (``CBlock`` in tile mode, called as a module so
-    that per-block activation checkpointing and compile apply as in the dense path).
+    The downsampling convs (``patch_embed1..3``, the stage decoders) run as matrix products on the visible
+    tiles with the modules' own parameters (``conv_as_linear``); a module that something hooks (FSDP2's
+    unshard / reshard) is called as a module instead, as the dense path calls it, on the tiles seen as B*K
+    small images. The CBlocks run as per-pixel matrix products plus ``depthwise_conv5x5_tiles`` on
+    channels-last tiles (``CBlock`` in tile mode, called as a module so that per-block activation
+    checkpointing and compile apply as in the dense path), on tiles whose sizes are marked static.
     """
     B, C, H, W = imgs_BCHW.shape
     h, w = H // PATCH, W // PATCH
@@ -63,24 +111,23 @@ def sparse_encoder(model, imgs_BCHW: torch.Tensor, masking: MaskOutputs) -> torc
     neighbours = reference.tile_neighbours(ids_keep, (h, w))  # [B,K,9], shared by every CBlock
     depthwise = model.ops.depthwise_conv5x5_tiles  # the kernel switch's choice (infmae/model/kernel_switch.py)
 
-    # stage 1: the visible patches as B*K images of 16x16 pixels -> tiles [B,K,4,4,d1]
-    patches = imgs_BCHW.reshape(B, C, h, PATCH, w, PATCH).permute(0, 2, 4, 1, 3, 5).reshape(B, h * w, C, PATCH, PATCH)
-    patches = _gather_rows(patches, ids_keep).reshape(B * K, C, PATCH, PATCH)
-    x = _as_tiles(model.patch_embed1(patches), B, K)
+    # stage 1: the visible patches as channels-last 16x16 tiles [B,K,16,16,C] -> tiles [B,K,4,4,d1]
+    patches = imgs_BCHW.reshape(B, C, h, PATCH, w, PATCH).permute(0, 2, 4, 3, 5, 1).reshape(B, h * w, PATCH, PATCH, C)
+    x = _static_tiles(_patch_embed(model.patch_embed1, _gather_rows(patches, ids_keep), 4))
     for block in model.blocks1:
         x = block(x, neighbours_BK9=neighbours, depthwise=depthwise)
-    skip1 = model.stage1_output_decode(_as_images(x)).reshape(B, K, -1)  # [B,K,D]
+    skip1 = _downsample(model.stage1_output_decode, x, 4).reshape(B, K, -1)  # [B,K,D]
 
     # stage 2: tiles [B,K,2,2,d2]
-    x = _as_tiles(model.patch_embed2(_as_images(x)), B, K)
+    x = _static_tiles(_patch_embed(model.patch_embed2, x, 2))
     for block in model.blocks2:
         x = block(x, neighbours_BK9=neighbours, depthwise=depthwise)
-    skip2 = model.stage2_output_decode(_as_images(x)).reshape(B, K, -1)  # [B,K,D]
+    skip2 = _downsample(model.stage2_output_decode, x, 2).reshape(B, K, -1)  # [B,K,D]
 
     # stage 3: one token per visible patch, [B,K,D]
-    x = model.patch_embed3(_as_images(x)).reshape(B, K, -1)
+    x = _patch_embed(model.patch_embed3, x, 2).reshape(B, K, -1)
     pos = model._position_embedding(model.pos_embed, (h, w))  # [1,L,D]
-    x = model.patch_embed4(x) + _gather_rows(pos.expand(B, -1, -1), ids_keep)
+    x = _static_tiles(model.patch_embed4(x) + _gather_rows(pos.expand(B, -1, -1), ids_keep))
     for block in model.blocks3:
         x = block(x)
     return model.norm(x + skip1 + skip2)
