@@ -18,9 +18,10 @@ from infmae.data.io import ImageReadError, read_image
 from infmae.model.patchify import patchify
 from infmae.training import checkpoint as ckpt
 from infmae.training.evaluation import in_validation_split, masked_errors
+from infmae.training.hardware import cpu_threads_for
 from infmae.training.metrics import format_line
 from infmae.training.plots import plot_run
-from infmae.training.trainer import Trainer, cpu_threads_for
+from infmae.training.trainer import Trainer
 from tests.test_checkpoint_safety import tiny_config
 
 
