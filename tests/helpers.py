@@ -8,6 +8,8 @@ from pathlib import Path
 
 from infmae.config import Config, DataConfig, ModelConfig, TrainConfig
 from infmae.data import generate_dataset
+from infmae.training import checkpoint as ckpt
+from infmae.training.trainer import Trainer
 
 TINY_MODEL = dict(
     img_size=(32, 32), embed_dims=(16, 24, 32), depths=(1, 1, 1), num_heads=2,
@@ -40,6 +42,20 @@ def image_folder(tmp_path_factory, name: str, count: int, seed: int, include_bad
     root = tmp_path_factory.mktemp(name)
     generate_dataset(root, count, seed=seed, include_bad=include_bad)
     return root
+
+
+def finished_run(tmp_path_factory, config: Config) -> Path:
+    """A run trained to its end in a fresh folder: the reference a stopped and resumed run must equal."""
+    run = tmp_path_factory.mktemp("whole") / "run"
+    Trainer(config, run).fit()
+    return run
+
+
+def assert_latest_alone(run_dir: Path, checkpoint: Path) -> None:
+    """``checkpoint`` is `latest` and, with its checksum, the only file in RUN/checkpoints."""
+    assert ckpt.latest_checkpoint(run_dir) == checkpoint
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["latest", checkpoint.name, checkpoint.name + ".sha256"]
 
 
 def losses(run_dir: Path, key: str = "loss") -> list:
