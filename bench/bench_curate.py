@@ -74,6 +74,20 @@ def _median_seconds(fn, reps: int) -> float:
     return statistics.median(times)
 
 
+def _rate_row(stage: str, n: int, workers: int, seconds: float, fast: bool = False, **more) -> dict:
+    """A result row: ``seconds`` for ``n`` images as a rate and per image (``fast``: a stage of milliseconds,
+    written with one more digit)."""
+    return {
+        "stage": stage,
+        "images": n,
+        "workers": workers,
+        "seconds": round(seconds, 4 if fast else 3),
+        "files_per_s": round(n / seconds, 1),
+        "us_per_image": round(1e6 * seconds / n, 2 if fast else 1),
+        **more,
+    }
+
+
 def _cpu_seconds() -> float:
     """User + system CPU seconds of this process and its reaped children: insensitive to other load on a
     shared machine, so ``files_per_cpu_s * cores`` is the rate on an idle one."""
@@ -98,33 +112,11 @@ def bench_collection(root: Path, out: Path, n: int, workers: int, hamming: int) 
     decide(connection, hamming=hamming)  # warm-up
     near_dup = _median_seconds(lambda: decide(connection, hamming=hamming), reps=5)
     connection.close()
+    cpu = {"cpu_seconds": round(scan_cpu, 2), "files_per_cpu_s": round(n / scan_cpu, 1)}
     rows = [
-        {
-            "stage": "scan",
-            "images": n,
-            "workers": workers,
-            "seconds": round(result.scan.seconds, 3),
-            "files_per_s": round(n / result.scan.seconds, 1),
-            "us_per_image": round(1e6 * result.scan.seconds / n, 1),
-            "cpu_seconds": round(scan_cpu, 2),
-            "files_per_cpu_s": round(n / scan_cpu, 1),
-        },
-        {
-            "stage": "rescan_unchanged",
-            "images": n,
-            "workers": workers,
-            "seconds": round(rescan.scan.seconds, 3),
-            "files_per_s": round(n / rescan.scan.seconds, 1),
-            "us_per_image": round(1e6 * rescan.scan.seconds / n, 1),
-        },
-        {
-            "stage": "near_dup",
-            "images": n,
-            "workers": 1,
-            "seconds": round(near_dup, 4),
-            "files_per_s": round(n / near_dup, 1),
-            "us_per_image": round(1e6 * near_dup / n, 2),
-        },
+        _rate_row("scan", n, workers, result.scan.seconds, **cpu),
+        _rate_row("rescan_unchanged", n, workers, rescan.scan.seconds),
+        _rate_row("near_dup", n, 1, near_dup, fast=True),
     ]
     for row in rows:
         logger.info("%s", row)
@@ -219,14 +211,7 @@ def bench_decide_store(n: int, hamming: int, work: Path, seed: int = 0) -> dict:
     seconds = _median_seconds(lambda: decide(connection, hamming=hamming), reps=3 if n <= 300_000 else 1)
     connection.close()
     shutil.rmtree(work)
-    row = {
-        "stage": "near_dup_stage_synthetic_store",
-        "images": n,
-        "workers": 1,
-        "seconds": round(seconds, 4),
-        "files_per_s": round(n / seconds, 1),
-        "us_per_image": round(1e6 * seconds / n, 2),
-    }
+    row = _rate_row("near_dup_stage_synthetic_store", n, 1, seconds, fast=True)
     logger.info("%s", row)
     return row
 
@@ -249,15 +234,7 @@ def bench_index(n: int, hamming: int, seed: int = 0) -> dict:
     found = int((labels[n - planted :] == labels[:planted]).sum())
     assert found == planted, f"index missed {planted - found} planted pairs"
     seconds = _median_seconds(lambda: near_duplicate_labels(hashes, hamming), reps=3 if n <= 300_000 else 1)
-    row = {
-        "stage": "near_dup_index_synthetic_hashes",
-        "images": n,
-        "workers": 1,
-        "seconds": round(seconds, 4),
-        "files_per_s": round(n / seconds, 1),
-        "us_per_image": round(1e6 * seconds / n, 2),
-        "chunks": len(chunk_layout(n, hamming)),
-    }
+    row = _rate_row("near_dup_index_synthetic_hashes", n, 1, seconds, fast=True, chunks=len(chunk_layout(n, hamming)))
     logger.info("%s", row)
     return row
 

@@ -23,27 +23,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
-quick=0
-dry=0
-out=""
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --quick) quick=1 ;;
-        --dry-run) dry=1 ;;
-        --out) out="${2:-}"; shift ;;
-        --out=*) out="${1#--out=}" ;;
-        -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) echo "gpu_checks.sh: expected --quick, --dry-run or --out DIR, got '$1'; see --help" >&2; exit 2 ;;
-    esac
-    shift
-done
-if [ -z "$out" ]; then
-    echo "gpu_checks.sh: expected --out DIR (the results folder), got none; see --help" >&2
-    exit 2
-fi
-mkdir -p "$out" && out="$(cd "$out" && pwd)" || exit 2
-log="$out/log.txt"
-: >"$log"
+source bench/_args.sh # parse_args NAME LOG OPTIONS ARGS...: quick, dry, out, log
+parse_args gpu_checks.sh log.txt "--quick --dry-run" "$@"
 
 # Time limits in seconds. Quick: 15 + 70 + 230 = 315 s, 360 s if every step ignored its interrupt until
 # the kill 15 s later; the bench parts' own limits (bench/run_checks.py LIMITS["quick"]: 10 + 120 + 30 + 60

@@ -18,25 +18,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
-dry=0
-out=""
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --dry-run) dry=1 ;;
-        --out) out="${2:-}"; shift ;;
-        --out=*) out="${1#--out=}" ;;
-        -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) echo "gpu_dali.sh: expected --dry-run or --out DIR, got '$1'; see --help" >&2; exit 2 ;;
-    esac
-    shift
-done
-if [ -z "$out" ]; then
-    echo "gpu_dali.sh: expected --out DIR (the results folder), got none; see --help" >&2
-    exit 2
-fi
-mkdir -p "$out" && out="$(cd "$out" && pwd)" || exit 2
-log="$out/dali_log.txt"
-: >"$log"
+source bench/_args.sh # parse_args NAME LOG OPTIONS ARGS...: quick, dry, out, log
+parse_args gpu_dali.sh dali_log.txt "--dry-run" "$@"
 data="${TMPDIR:-/tmp}/infmae_gpu_dali_data"
 threads=$(getconf _NPROCESSORS_ONLN)
 threads=$((threads > 16 ? 16 : threads))

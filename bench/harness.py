@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from infmae.training.metrics import device_peaks
+from infmae.training.metrics import device_peaks, peak_tflops  # noqa: F401 - peak_tflops: bench's API
 from kernels import host_sync_guards_off
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -55,13 +55,6 @@ def peak_bandwidth_gbps(device: torch.device) -> float | None:
     board."""
     peaks = device_peaks(device)
     return peaks.hbm_gbps if peaks else None
-
-
-def peak_tflops(device: torch.device) -> float | None:
-    """Datasheet dense bf16 TFLOP/s (``infmae.training.metrics.HARDWARE_PEAKS``); None on the CPU or an unknown
-    board."""
-    peaks = device_peaks(device)
-    return peaks.bf16_tflops if peaks else None
 
 
 def l2_cache_bytes(device: torch.device) -> int:

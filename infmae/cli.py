@@ -35,13 +35,13 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.data is not None:
         overrides.append(f"data.path={args.data}")
     config = apply_overrides(config, overrides)
-    # under torchrun: join the process group (RANK, WORLD_SIZE, ...)
+    # under torchrun: join the process group (RANK, WORLD_SIZE, ...), once: the trainer is handed it
     info = init_distributed(config.train.device, timeout_s=config.train.collective_timeout_s)
     fresh = not output.exists()
     setup_logging(output, rank=info.rank)
     trainer = None
     try:
-        trainer = Trainer(config, output, resume=args.resume)
+        trainer = Trainer(config, output, resume=args.resume, dist_info=info)
         summary = trainer.fit()
     except KeyboardInterrupt:
         kept = trainer.checkpointer.last_good() if trainer is not None else None

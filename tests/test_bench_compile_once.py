@@ -8,17 +8,9 @@ import torch
 
 from bench import bench_train
 from bench.harness import CompileFallback, CompileWatch
-from infmae.config import ModelConfig
+from tests.helpers import tiny_model
 
-TINY = ModelConfig(
-    img_size=(32, 32),
-    embed_dims=(16, 24, 32),
-    depths=(1, 1, 2),
-    num_heads=2,
-    decoder_embed_dim=32,
-    decoder_depth=1,
-    decoder_num_heads=2,
-)
+TINY = tiny_model(depths=(1, 1, 2))
 
 
 def _run(batches):

@@ -5,7 +5,6 @@ newest intact checkpoint on resume, disk full, older checkpoints and released fi
 import argparse
 import errno
 import io
-import json
 import logging
 import os
 import sys
@@ -16,53 +15,28 @@ import pytest
 import torch
 
 from infmae.cli import main
-from infmae.config import Config, DataConfig, ModelConfig, TrainConfig
-from infmae.data import generate_dataset
 from infmae.model.infmae import InfMAE
 from infmae.training import checkpoint as ckpt
 from infmae.training.rng import rng_state, set_rng_state
 from infmae.training.trainer import Trainer
+from tests.helpers import assert_latest_alone, finished_run, image_folder, losses, tiny_model, tiny_run
 
 
 def tiny_config(data_path, **train):
-    model = ModelConfig(
-        img_size=(32, 32),
-        embed_dims=(8, 16, 32),
-        depths=(1, 1, 1),
-        num_heads=2,
-        decoder_embed_dim=16,
-        decoder_depth=1,
-        decoder_num_heads=2,
-    )
-    settings = dict(
-        batch_size=4, epochs=2, warmup_epochs=1, blr=1e-2, log_every=1, checkpoint_every=2, visualize_every=0
-    )
-    settings.update(train)
-    return Config(
-        model=model,
-        data=DataConfig(path=str(data_path), num_workers=0),
-        train=TrainConfig(tensorboard=False, **settings),
-        preset="test",
-    )
-
-
-def losses(run_dir):
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The runs of this file, test_training_stops and test_user_facing: a save every 2 steps."""
+    model = tiny_model(embed_dims=(8, 16, 32), decoder_embed_dim=16)
+    return tiny_run(data_path, model, **{"epochs": 2, "checkpoint_every": 2, "tensorboard": False, **train})
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt_data")
-    generate_dataset(root, 16, seed=7, include_bad=False)
-    return root
+    return image_folder(tmp_path_factory, "ckpt_data", 16, seed=7)
 
 
 @pytest.fixture(scope="module")
 def whole(data, tmp_path_factory):
     """An uninterrupted 6-step run: the reference every resumed run must equal bit for bit."""
-    run = tmp_path_factory.mktemp("whole") / "run"
-    Trainer(tiny_config(data, max_steps=6), run).fit()
-    return run
+    return finished_run(tmp_path_factory, tiny_config(data, max_steps=6))
 
 
 def error_lines(capsys) -> list[str]:
@@ -384,12 +358,7 @@ def test_disk_full_names_the_file_and_keeps_latest(tmp_path, monkeypatch):
     message = str(raised.value)
     assert "step_00000002.pt: No space left on device; step_00000001.pt is still `latest`" in message
     assert "\n" not in message
-    assert ckpt.latest_checkpoint(tmp_path) == first
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        "latest",
-        first.name,
-        first.name + ".sha256",
-    ]
+    assert_latest_alone(tmp_path, first)
 
 
 @pytest.mark.slow

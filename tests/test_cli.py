@@ -11,28 +11,13 @@ from infmae.cli import main
 from infmae.config import preset
 from infmae.model.infmae import ENCODER_PREFIXES
 from infmae.training import checkpoint as ckpt
+from tests.helpers import demo_pretrain_args
 
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("cli") / "run"
-    code = main(
-        [
-            "pretrain",
-            "--preset",
-            "demo",
-            "--output",
-            str(run),
-            "--set",
-            "data.synthetic_count=24",
-            "--set",
-            "train.batch_size=8",
-            "--set",
-            "train.max_steps=2",
-            "--set",
-            "data.num_workers=0",
-        ]
-    )
+    code = main(demo_pretrain_args(run, "data.num_workers=0"))
     assert code == 0
     return run
 

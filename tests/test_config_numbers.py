@@ -11,24 +11,18 @@ import pytest
 from infmae.cli import main
 from infmae.config import Config, DataConfig, ModelConfig, TrainConfig, apply_overrides, preset
 
-NON_FINITE = [
-    ("train.blr=inf", "train.blr", "inf"),
-    ("train.blr=-inf", "train.blr", "-inf"),
-    ("train.min_lr=nan", "train.min_lr", "nan"),
-    ("train.epochs=inf", "train.epochs", "inf"),
-    ("train.warmup_epochs=nan", "train.warmup_epochs", "nan"),
-    ("train.weight_decay=inf", "train.weight_decay", "inf"),
-    ("train.grad_clip=nan", "train.grad_clip", "nan"),
-    ("train.collective_timeout_s=inf", "train.collective_timeout_s", "inf"),
+# "field=value" overrides of scalar fields: the error quotes the value as it was written
+SCALAR_CASES = """
+    train.blr=inf  train.blr=-inf  train.min_lr=nan  train.epochs=inf  train.warmup_epochs=nan
+    train.weight_decay=inf  train.grad_clip=nan  train.collective_timeout_s=inf
+    data.mean=nan  data.std=inf  data.hflip_prob=nan  data.low_percentile=nan  data.val_fraction=nan
+    model.mlp_ratio=inf
+""".split()
+# (override, field, the value as the error quotes it): tuple fields are quoted as tuples
+NON_FINITE = [(case, *case.split("=")) for case in SCALAR_CASES] + [
     ("train.betas=0.9,-inf", "train.betas", r"\(0.9, -inf\)"),
-    ("data.mean=nan", "data.mean", "nan"),
-    ("data.std=inf", "data.std", "inf"),
-    ("data.hflip_prob=nan", "data.hflip_prob", "nan"),
-    ("data.low_percentile=nan", "data.low_percentile", "nan"),
-    ("data.val_fraction=nan", "data.val_fraction", "nan"),
     ("data.scale=0.2,inf", "data.scale", r"\(0.2, inf\)"),
     ("data.ratio=nan,1.0", "data.ratio", r"\(nan, 1.0\)"),
-    ("model.mlp_ratio=inf", "model.mlp_ratio", "inf"),
 ]
 
 

@@ -17,6 +17,7 @@ from infmae.data.dali import DaliLoader, decode_file, import_dali  # noqa: E402
 from infmae.data.io import ImageReadError  # noqa: E402
 from infmae.data.packed import pack_dataset  # noqa: E402
 
+from .helpers import demo_pretrain_args  # noqa: E402
 from .test_data_packed import format_zoo  # noqa: E402
 from .tolerances import TOLERANCES  # noqa: E402
 
@@ -180,23 +181,7 @@ def test_a_file_only_the_gpu_decoder_rejects_is_found_by_a_gpu_probe(synthetic, 
 def test_pretrain_with_dali_ends_with_the_skipped_count(tmp_path, caplog):
     out = tmp_path / "run"
     with caplog.at_level(logging.INFO):
-        code = main(
-            [
-                "pretrain",
-                "--preset",
-                "demo",
-                "--output",
-                str(out),
-                "--set",
-                "data.loader=dali",
-                "--set",
-                "data.synthetic_count=24",
-                "--set",
-                "train.batch_size=8",
-                "--set",
-                "train.max_steps=2",
-            ]
-        )
+        code = main(demo_pretrain_args(out, "data.loader=dali"))
     assert code == 0
     assert "DALI loader: files source, CPU mode" in caplog.text
     skipped = (out / "skipped_files.tsv").read_text().splitlines()

@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
-from infmae.config import ModelConfig
 from infmae.data import ImageFolderDataset, write_image
 from infmae.model.infmae import InfMAE
+from tests.helpers import tiny_model
 
 
 def test_raw_thermal_counts_reach_the_model_with_structure(tmp_path):
@@ -29,16 +29,6 @@ def test_raw_thermal_counts_reach_the_model_with_structure(tmp_path):
     corr = torch.corrcoef(torch.stack([unit[0].flatten(), reference.flatten()]))[0, 1]
     assert corr > 0.99
     # and the model sees different masks for different content, i.e. the input is not a constant
-    model = InfMAE(
-        ModelConfig(
-            img_size=(64, 64),
-            embed_dims=(16, 24, 32),
-            depths=(1, 1, 1),
-            num_heads=2,
-            decoder_embed_dim=32,
-            decoder_num_heads=2,
-            decoder_depth=1,
-        )
-    )
+    model = InfMAE(tiny_model(img_size=(64, 64)))
     ids = model.masking(image.expand(3, -1, -1)[None]).ids_keep[0]
     assert ids.tolist() != list(range(0, 16, 4))

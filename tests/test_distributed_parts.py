@@ -4,12 +4,13 @@ parallelize without a process group, a DCP checkpoint folder written and read in
 import pytest
 import torch
 
-from infmae.config import ModelConfig, TrainConfig, apply_overrides, preset
+from infmae.config import TrainConfig, apply_overrides, preset
 from infmae.model.infmae import InfMAE
 from infmae.training import checkpoint as ckpt
 from infmae.training.metrics import format_line
 from infmae.training.optim import build_optimizer
 from infmae.training.parallel import parallelize
+from tests.helpers import tiny_model
 
 
 def test_new_train_fields_are_validated():
@@ -71,23 +72,15 @@ def test_log_line_shows_per_device_and_total_rate_and_mfu():
     ],
 )
 def test_mfu_peak_follows_the_board(name, peak, monkeypatch):
-    from infmae.training import trainer
+    from infmae.training import metrics
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
-    assert trainer.peak_tflops(torch.device("cuda", 0)) == peak
-    assert trainer.peak_tflops(torch.device("cpu")) is None
+    assert metrics.peak_tflops(torch.device("cuda", 0)) == peak
+    assert metrics.peak_tflops(torch.device("cpu")) is None
 
 
 def test_parallelize_without_a_mesh_keeps_names_and_results():
-    config = ModelConfig(
-        img_size=(32, 32),
-        embed_dims=(16, 24, 32),
-        depths=(1, 1, 2),
-        num_heads=2,
-        decoder_embed_dim=32,
-        decoder_num_heads=2,
-        decoder_depth=1,
-    )
+    config = tiny_model(depths=(1, 1, 2))
     torch.manual_seed(0)
     plain = InfMAE(config)
     torch.manual_seed(0)

@@ -14,10 +14,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from infmae.config import Config, DataConfig, ModelConfig, TrainConfig
-from infmae.data import generate_dataset
 from infmae.training import checkpoint as ckpt
 from infmae.training.trainer import Trainer
+from tests.helpers import image_folder, losses, tiny_model, tiny_run
 from tests.tolerances import tol
 
 pytestmark = pytest.mark.distributed
@@ -26,29 +25,8 @@ STEPS = 3  # N: 16 images / global batch 8 = 2 steps per epoch, so 2N steps cros
 
 
 def tiny_config(data_path, **train):
-    model = ModelConfig(
-        img_size=(48, 48),
-        embed_dims=(16, 24, 32),
-        depths=(1, 1, 1),
-        num_heads=2,
-        decoder_embed_dim=32,
-        decoder_depth=1,
-        decoder_num_heads=2,
-    )
-    settings = dict(
-        batch_size=4,
-        epochs=4,
-        warmup_epochs=1,
-        blr=1e-2,
-        log_every=1,
-        checkpoint_every=1000,
-        visualize_every=0,
-        tensorboard=False,
-    )
-    settings.update(train)
-    return Config(
-        model=model, data=DataConfig(path=str(data_path), num_workers=0), train=TrainConfig(**settings), preset="test"
-    )
+    model = tiny_model(img_size=(48, 48))
+    return tiny_run(data_path, model, **{"epochs": 4, "checkpoint_every": 1000, "tensorboard": False, **train})
 
 
 class RecordingTrainer(Trainer):
@@ -60,10 +38,6 @@ class RecordingTrainer(Trainer):
             for _, p in sorted(self.module.named_parameters())
         ]
         self.__dict__.setdefault("params_per_step", []).append(torch.cat([t.flatten() for t in full]).clone())
-
-
-def losses(run_dir, key="loss"):
-    return [json.loads(line)[key] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def _entry(rank, world, store_file, job, args):
@@ -87,9 +61,7 @@ def spawn(job, *args):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dist_data")
-    generate_dataset(root, 16, seed=5, include_bad=False)
-    return root
+    return image_folder(tmp_path_factory, "dist_data", 16, seed=5)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,16 +13,9 @@ from infmae.model import kernel_switch
 from infmae.model.infmae import InfMAE
 from kernels import reference
 from kernels.registry import REGISTRY, register
+from tests.helpers import TINY_MODEL
 
-TINY = dict(
-    img_size=(48, 64),
-    embed_dims=(16, 24, 32),
-    depths=(1, 1, 1),
-    num_heads=2,
-    decoder_embed_dim=32,
-    decoder_num_heads=2,
-    decoder_depth=1,
-)
+TINY = dict(TINY_MODEL, img_size=(48, 64))
 
 
 def test_every_fast_op_has_its_twin():

@@ -13,6 +13,7 @@ from infmae.model import flops
 from infmae.model.infmae import InfMAE
 from kernels import reference
 from kernels.reference import MaskOutputs
+from tests.helpers import TINY_MODEL
 from tests.neighbour_configs import all_neighbour_configurations
 from tests.tolerances import TOLERANCES
 
@@ -243,16 +244,7 @@ def test_encoder_config_is_validated():
 # the Triton depthwise op inside the model (interpreter on CPU)
 # ---------------------------------------------------------------------------------------------
 def test_sparse_model_with_triton_kernels_matches_reference(generator):
-    tiny = dict(
-        img_size=(48, 64),
-        embed_dims=(16, 24, 32),
-        depths=(1, 1, 1),
-        num_heads=2,
-        decoder_embed_dim=32,
-        decoder_num_heads=2,
-        decoder_depth=1,
-        encoder="sparse",
-    )
+    tiny = dict(TINY_MODEL, img_size=(48, 64), encoder="sparse")
     torch.manual_seed(0)
     ref_model = InfMAE(ModelConfig(**tiny, kernels="reference"))
     fast_model = InfMAE(ModelConfig(**tiny, kernels="triton"))

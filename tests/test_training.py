@@ -6,49 +6,26 @@ import math
 import pytest
 import torch
 
-from infmae.config import Config, DataConfig, ModelConfig, TrainConfig
-from infmae.data import generate_dataset
+from infmae.config import Config
 from infmae.model.infmae import InfMAE
 from infmae.training import checkpoint as ckpt
 from infmae.training.optim import learning_rate, parameter_groups
 from infmae.training.trainer import Trainer
+from tests.helpers import assert_latest_alone, image_folder, losses, tiny_model, tiny_run
 
 
 def tiny_config(data_path, **train):
-    model = ModelConfig(
-        img_size=(48, 48),
-        embed_dims=(16, 24, 32),
-        depths=(1, 1, 1),
-        num_heads=2,
-        decoder_embed_dim=32,
-        decoder_depth=1,
-        decoder_num_heads=2,
-    )
-    settings = dict(
-        batch_size=4, epochs=3, warmup_epochs=1, blr=1e-2, log_every=1, checkpoint_every=1000, visualize_every=0
-    )
-    settings.update(train)
-    return Config(
-        model=model, data=DataConfig(path=str(data_path), num_workers=0), train=TrainConfig(**settings), preset="test"
-    )
+    return tiny_run(data_path, tiny_model(img_size=(48, 48)), **{"epochs": 3, "checkpoint_every": 1000, **train})
 
 
 @pytest.fixture(scope="module")
 def clean_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("clean")
-    generate_dataset(root, 20, seed=3, include_bad=False)
-    return root
+    return image_folder(tmp_path_factory, "clean", 20, seed=3)
 
 
 @pytest.fixture(scope="module")
 def dirty_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dirty")
-    generate_dataset(root, 12, seed=4, include_bad=True)
-    return root
-
-
-def losses(run_dir):
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return image_folder(tmp_path_factory, "dirty", 12, seed=4, include_bad=True)
 
 
 def test_schedule_warms_up_linearly_then_follows_a_half_cosine():
@@ -63,17 +40,7 @@ def test_schedule_warms_up_linearly_then_follows_a_half_cosine():
 
 
 def test_parameter_groups_follow_the_release():
-    model = InfMAE(
-        ModelConfig(
-            img_size=(32, 32),
-            embed_dims=(16, 24, 32),
-            depths=(1, 1, 1),
-            num_heads=2,
-            decoder_embed_dim=32,
-            decoder_num_heads=2,
-            decoder_depth=1,
-        )
-    )
+    model = InfMAE(tiny_model())
     decay, no_decay = parameter_groups(model, 0.05)
     ids = {id(p): n for n, p in model.named_parameters()}
     decayed = {ids[id(p)] for p in decay["params"]}
@@ -185,12 +152,7 @@ def test_a_failed_async_save_raises_on_wait_and_keeps_the_previous_latest(tmp_pa
     ):
         pending.wait()
     monkeypatch.undo()
-    assert ckpt.latest_checkpoint(tmp_path) == first
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        "latest",
-        first.name,
-        first.name + ".sha256",
-    ]
+    assert_latest_alone(tmp_path, first)
 
 
 @pytest.mark.slow

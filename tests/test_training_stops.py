@@ -3,7 +3,6 @@
 hung rank is named within the collective timeout, and kill -9 at random points of a save always leaves
 a run that resumes bit-identically."""
 
-import json
 import logging
 import os
 import random
@@ -18,30 +17,22 @@ import pytest
 import torch
 
 from infmae.cli import main
-from infmae.data import generate_dataset
 from infmae.training import checkpoint as ckpt
 from infmae.training.trainer import Trainer
+from tests.helpers import finished_run, image_folder, losses
 from tests.test_checkpoint_safety import same_weights, tiny_config
 
 STEPS = 6
 
 
-def losses(run_dir):
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stop_data")
-    generate_dataset(root, 16, seed=7, include_bad=False)
-    return root
+    return image_folder(tmp_path_factory, "stop_data", 16, seed=7)
 
 
 @pytest.fixture(scope="module")
 def whole(data, tmp_path_factory):
-    run = tmp_path_factory.mktemp("whole") / "run"
-    Trainer(tiny_config(data, max_steps=STEPS), run).fit()
-    return run
+    return finished_run(tmp_path_factory, tiny_config(data, max_steps=STEPS))
 
 
 class SignalAfterStep(Trainer):

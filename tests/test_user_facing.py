@@ -18,17 +18,17 @@ from infmae.data.io import ImageReadError, read_image
 from infmae.model.patchify import patchify
 from infmae.training import checkpoint as ckpt
 from infmae.training.evaluation import in_validation_split, masked_errors
+from infmae.training.hardware import cpu_threads_for
 from infmae.training.metrics import format_line
 from infmae.training.plots import plot_run
-from infmae.training.trainer import Trainer, cpu_threads_for
+from infmae.training.trainer import Trainer
+from tests.helpers import image_folder
 from tests.test_checkpoint_safety import tiny_config
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ux_data")
-    generate_dataset(root, 24, seed=11, include_bad=False)
-    return root
+    return image_folder(tmp_path_factory, "ux_data", 24, seed=11)
 
 
 # ----------------------------------------------------------------------------------------------

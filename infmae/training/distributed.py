@@ -103,3 +103,9 @@ def gather_dict(local: dict) -> dict:
         for key, value in part.items():
             merged.setdefault(key, value)
     return merged
+
+
+def is_collective_timeout(error: BaseException) -> bool:
+    """A collective that gave up waiting or lost a peer (gloo and NCCL word it differently)."""
+    text = str(error).lower()
+    return isinstance(error, getattr(dist, "DistBackendError", ())) or "timed out" in text or "timeout" in text

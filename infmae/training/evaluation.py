@@ -68,6 +68,14 @@ class Evaluation:
             "val_images": self.images,
         }
 
+    def describe(self, step: int) -> str:
+        """The log line of this evaluation."""
+        psnr = "" if self.val_psnr is None else f", PSNR {self.val_psnr:.2f} dB"
+        return (
+            f"eval step {step}: val_loss {self.val_loss:.4f} (predicting each image's visible mean: "
+            f"{self.val_baseline_loss:.4f}{psnr}) on {self.images} held-out images"
+        )
+
 
 class Evaluator:
     """Evaluates a model on this rank's shard of a validation dataset (``rank::world_size``) and reduces

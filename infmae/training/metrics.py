@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,77 @@ class Throughput:
         """-> (elapsed seconds, images per second, data-wait percent)."""
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         return elapsed, self.images / elapsed, 100.0 * self.data_wait / elapsed
+
+
+class LogWindow:
+    """The micro-batches between two progress lines: their loss sum stays on the device (read once, at the
+    log step: the only host sync of a step), with the images seen and the time spent waiting for data."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.loss_sum = torch.zeros((), device=device)
+        self.losses = 0
+        self.meter = Throughput()
+
+    def add(self, loss: torch.Tensor, images: int) -> None:
+        self.loss_sum += loss.detach()
+        self.losses += 1
+        self.meter.images += images
+
+    def close(self, world_size: int) -> tuple[float, float, float]:
+        """-> (mean loss over every rank, images/s of all ranks, data-wait percent of this rank) and starts
+        the next window. Under a process group: one all-reduce (loss sum and images/s together)."""
+        _, img_per_s, wait_pct = self.meter.summary()
+        if dist.is_available() and dist.is_initialized():
+            packed = torch.stack([self.loss_sum.detach().float(), torch.tensor(img_per_s, device=self.device)])
+            dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+            loss, img_per_s = packed[0].item() / (self.losses * world_size), packed[1].item()
+        else:
+            loss = self.loss_sum.item() / self.losses
+        self.loss_sum.zero_()
+        self.losses = 0
+        self.meter.reset()
+        return loss, img_per_s, wait_pct
+
+
+def step_record(
+    *,
+    step: int,
+    stop_step: int,
+    epoch: int,
+    loss: float,
+    lr: float,
+    grad_norm: float,
+    img_per_s_total: float,
+    wait_pct: float,
+    world_size: int,
+    device: torch.device,
+    flops_per_image: float,
+    step_time: float,
+) -> dict:
+    """One logged step's record (a line of metrics.jsonl, a TensorBoard point, a progress line): rates per
+    device, achieved TFLOP/s (forward + backward = 3x forward) and MFU against the hardware table."""
+    per_device = img_per_s_total / world_size
+    achieved = 3 * flops_per_image * per_device / 1e12
+    peak = peak_tflops(device)
+    return {
+        "step": step,
+        "total_steps": stop_step,
+        "epoch": epoch,
+        "loss": loss,
+        "lr": lr,
+        "grad_norm": float(grad_norm),
+        "img_per_s": per_device,
+        "img_per_s_total": img_per_s_total,
+        "world_size": world_size,
+        "device": device.type,
+        "tflops_per_s": achieved,
+        "mfu": achieved / peak if peak else None,
+        "data_wait_pct": wait_pct,
+        "mem_gib": peak_memory_gib(device),
+        "eta_s": step_time * (stop_step - step),
+        "time": time.time(),
+    }
 
 
 class TensorBoard:
@@ -170,3 +242,9 @@ def device_peaks(device: torch.device) -> DevicePeaks | None:
     if device.type != "cuda":
         return None
     return peaks_for_name(torch.cuda.get_device_name(device))
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    """The bf16 dense peak of ``device`` for MFU; None: MFU n/a (the CPU, a board not in the table)."""
+    peaks = device_peaks(device)
+    return peaks.bf16_tflops if peaks else None

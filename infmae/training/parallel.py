@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import nullcontext
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from infmae.config import TrainConfig
@@ -130,3 +132,38 @@ def parallelize(model: nn.Module, config: TrainConfig, mesh, device: torch.devic
 def unwrap(model: nn.Module) -> nn.Module:
     """The InfMAE module under a DDP wrapper (FSDP2 shards in place and needs no unwrapping)."""
     return getattr(model, "module", model)
+
+
+# ---------------------------------------------------------------------------------------------
+# gradients of a parallelized model (``mode``: the parallelism in use, 'fsdp', 'ddp' or 'none')
+# ---------------------------------------------------------------------------------------------
+def gradient_sync(model: nn.Module, mode: str, sync: bool):
+    """Context for one micro-batch's backward: reduce gradients only on the last micro-batch of a step
+    (accumulate locally before it)."""
+    if mode == "fsdp":
+        model.set_requires_gradient_sync(sync)
+    elif mode == "ddp" and not sync:
+        return model.no_sync()
+    return nullcontext()
+
+
+def grad_norm(model: nn.Module, mode: str) -> torch.Tensor:
+    """Global gradient L2 norm (over every rank's shards under FSDP: one all-reduce)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if mode != "fsdp":
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    local = torch.stack([torch.linalg.vector_norm(g.to_local().float()) for g in grads]).square().sum()
+    dist.all_reduce(local, op=dist.ReduceOp.SUM)
+    return local.sqrt()
+
+
+def clip_gradients(model: nn.Module, mode: str, max_norm: float) -> torch.Tensor:
+    """Scale the gradients to a global norm of at most ``max_norm``. -> the norm before clipping."""
+    if mode != "fsdp":
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    norm = grad_norm(model, mode)
+    scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.to_local().mul_(scale)
+    return norm

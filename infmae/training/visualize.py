@@ -70,3 +70,17 @@ def save_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
+
+
+def row_labels(dataset, indices: torch.Tensor, errors: torch.Tensor | None = None) -> list[str]:
+    """Row labels of a reconstruction grid: each image's file name (and its masked MSE)."""
+    names = [dataset.path(int(i)).name for i in indices]
+    if errors is None:
+        return names
+    return [f"{name}\nMSE {float(e):.3f}" for name, e in zip(names, errors)]
+
+
+def write_reconstructions(path: Path, images_BCHW: torch.Tensor, out, mean: float, std: float, labels=None) -> Path:
+    """The grid of a batch and the model's output on it (``out``: pred [B,L,P] and mask [B,L]) at ``path``."""
+    panels = reconstruction_panels(images_BCHW.detach(), out.pred.detach(), out.mask, mean, std)
+    return save_grid(panels, path, row_labels=labels)
