@@ -223,7 +223,7 @@ def check_against_twin(op: str, implementation: str, got, args: tuple, twin_out)
         _check_equal(op, got, twin_out)
 
 
-def _requiring_grad(args: tuple) -> tuple:
+def requiring_grad(args: tuple) -> tuple:
     """The floating-point tensors of ``args`` (also inside lists) as fresh leaves that require grad."""
 
     def leaf(a):
@@ -241,7 +241,7 @@ def _leaves(args: tuple) -> list[torch.Tensor]:
     return [t for t in flat if isinstance(t, torch.Tensor) and t.requires_grad]
 
 
-def _callers(fn: Callable, kwargs: dict, sample_args: tuple) -> dict[str, Callable]:
+def callers_by_direction(fn: Callable, kwargs: dict, sample_args: tuple) -> dict[str, Callable]:
     """-> {"fwd": call, "fwd+bwd": call} taking one input set (args); the backward takes a fixed output
     gradient and returns the input gradients (``torch.autograd.grad``: nothing accumulates between calls)."""
 
@@ -261,7 +261,7 @@ def _callers(fn: Callable, kwargs: dict, sample_args: tuple) -> dict[str, Callab
     return callers
 
 
-def _implementation_pairs(case: Case):
+def implementation_pairs(case: Case):
     from kernels import triton_ops  # noqa: F401  (registers the ops)
     from kernels.registry import REGISTRY
 
@@ -278,13 +278,13 @@ def measure_case(
 ) -> list[dict]:
     """Check the implementations of one case against the twin, then time them -> one row per pass (fwd,
     and fwd+bwd for ops with a gradient), or one 'check' row with the error when they differ."""
-    fast, twin = _implementation_pairs(case)
+    fast, twin = implementation_pairs(case)
     torch.manual_seed(0)
     first_args, kwargs = case.make(device)
     count = input_set_count(case.bytes_moved, device)
     input_sets = [first_args] + [case.make(device)[0] for _ in range(count - 1)]
     if case.backward:
-        input_sets = [_requiring_grad(args) for args in input_sets]
+        input_sets = [requiring_grad(args) for args in input_sets]
     implementations = {"triton": fast, "eager": twin}
     watch = None
     if compile_twin:
@@ -308,7 +308,7 @@ def measure_case(
                         "error": f"{name} differs from the twin: {error}"[:500],
                     }
                 ]
-        callers = {name: _callers(fn, kwargs, args) for name, fn in implementations.items()}
+        callers = {name: callers_by_direction(fn, kwargs, args) for name, fn in implementations.items()}
         rows = []
         for direction in callers["triton"]:
             timings = {}
@@ -365,7 +365,7 @@ def run_cases(
     """Every case in turn -> rows (``on_row`` sees each as it is made, so a time limit keeps what was done)."""
     from kernels.registry import REGISTRY
 
-    _implementation_pairs(cases[0])  # registers the ops
+    implementation_pairs(cases[0])  # registers the ops
     missing = set(REGISTRY) - {case.op for case in cases}
     if missing:  # every registered kernel is benchmarked by construction
         raise RuntimeError(f"bench_kernels: expected a case for every registered op, got none for {sorted(missing)}")

@@ -66,7 +66,7 @@ log = logging.getLogger("bench_train")
 VARIANTS = ("reference", "engine", "engine_nocompile")
 
 
-def _model_config(base: ModelConfig, engine: bool) -> ModelConfig:
+def engine_model_config(base: ModelConfig, engine: bool) -> ModelConfig:
     """The reference: twin kernels, dense encoder. The engine: the Triton kernels (``auto``: where CUDA is;
     ``triton`` under the CPU interpreter, so a dry run runs them too) and the sparse encoder."""
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
@@ -158,7 +158,7 @@ def measure(
     then ``reps`` timed steps in which nothing may compile -> the result row. Raises ``CompileFallback``
     when the compiled step would not be the compiled code's."""
     engine = variant != "reference"
-    config = _model_config(base, engine=engine)
+    config = engine_model_config(base, engine=engine)
     backend = compile_backend if variant == "engine" else None
     with CompileWatch(f"bench_train {variant} B={batch}") as watch, host_sync_guards_off():
         next_images = make_next_images(config) if make_next_images else None

@@ -37,17 +37,17 @@ def pytest_generate_tests(metafunc):
 def test_kernel(benchmark, case, implementation, direction, device, backend):
     if direction == "fwd+bwd" and not case.backward:
         pytest.skip(f"{case.op} has no gradient")
-    fast, twin = bench_kernels._implementation_pairs(case)
+    fast, twin = bench_kernels.implementation_pairs(case)
     torch.manual_seed(0)
     first, kwargs = case.make(device)
     input_sets = [first] + [case.make(device)[0] for _ in range(input_set_count(case.bytes_moved, device) - 1)]
     if case.backward:
-        input_sets = [bench_kernels._requiring_grad(args) for args in input_sets]
+        input_sets = [bench_kernels.requiring_grad(args) for args in input_sets]
     with CompileWatch(f"{case.op} {implementation}", allow_graph_breaks=True) as watch, host_sync_guards_off():
         fn = {"triton": fast, "eager": twin}.get(implementation) or torch.compile(twin, dynamic=False, backend=backend)
         args = input_sets[0]
         bench_kernels.check_against_twin(case.op, implementation, fn(*args, **kwargs), args, twin(*args, **kwargs))
-        call = bench_kernels._callers(fn, kwargs, args)[direction]
+        call = bench_kernels.callers_by_direction(fn, kwargs, args)[direction]
         call(args)  # compiles (the compiled twin's backward too) before timing
         rotation = itertools.cycle(input_sets)
         benchmark.group = f"{case.op} {case.label} {direction}"
@@ -62,7 +62,7 @@ def test_kernel(benchmark, case, implementation, direction, device, backend):
 def test_train_step(benchmark, variant, device, backend, train_batch):
     base = preset("paper_base" if device.type == "cuda" else "demo").model
     engine = variant != "reference"
-    config = bench_train._model_config(base, engine=engine)
+    config = bench_train.engine_model_config(base, engine=engine)
     compile_backend = backend if variant == "engine" else None
     with CompileWatch(f"train step {variant} B={train_batch}") as watch, host_sync_guards_off():
         model, step = bench_train.build_step(config, engine, device, train_batch, compile_backend=compile_backend)

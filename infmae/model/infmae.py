@@ -128,7 +128,7 @@ class InfMAE(nn.Module):
         return self.flops_per_image(img_size)
 
     # ------------------------------------------------------------------------------------------
-    def _position_embedding(self, param: nn.Parameter, grid_hw: tuple[int, int]) -> torch.Tensor:
+    def position_embedding(self, param: nn.Parameter, grid_hw: tuple[int, int]) -> torch.Tensor:
         """The stored table at the configured grid; any other grid gets its own sin-cos table."""
         if grid_hw == self.grid:
             return param
@@ -186,7 +186,7 @@ class InfMAE(nn.Module):
             x = block(x, masking.visible_x2)
         skip2 = self.stage2_output_decode(x).flatten(2).transpose(1, 2)  # [B,L,D]
         x = self.patch_embed3(x).flatten(2).transpose(1, 2)  # [B,L,D]
-        x = self.patch_embed4(x) + self._position_embedding(self.pos_embed, grid)
+        x = self.patch_embed4(x) + self.position_embedding(self.pos_embed, grid)
         x, skip1, skip2 = self.ops.token_gather_many((x, skip1, skip2), masking.ids_keep)  # [B,K,D] each
         for block in self.blocks3:
             x = block(x)
@@ -198,7 +198,7 @@ class InfMAE(nn.Module):
         """-> predicted patches [B,L,256*C]."""
         x = self.decoder_embed(latent_BKD)
         x = self.ops.token_restore(x, self.mask_token, ids_keep_BK, grid_hw[0] * grid_hw[1])  # [B,L,Dd]
-        x = x + self._position_embedding(self.decoder_pos_embed, grid_hw)
+        x = x + self.position_embedding(self.decoder_pos_embed, grid_hw)
         for block in self.decoder_blocks:
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))

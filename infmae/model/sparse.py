@@ -126,7 +126,7 @@ def sparse_encoder(model, imgs_BCHW: torch.Tensor, masking: MaskOutputs) -> torc
 
     # stage 3: one token per visible patch, [B,K,D]
     x = _patch_embed(model.patch_embed3, x, 2).reshape(B, K, -1)
-    pos = model._position_embedding(model.pos_embed, (h, w))  # [1,L,D]
+    pos = model.position_embedding(model.pos_embed, (h, w))  # [1,L,D]
     x = _static_tiles(model.patch_embed4(x) + _gather_rows(pos.expand(B, -1, -1), ids_keep))
     for block in model.blocks3:
         x = block(x)
