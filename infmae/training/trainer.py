@@ -24,23 +24,21 @@ import torch
 import torch.distributed as dist
 
 from infmae.config import Config, resolve_for_device
-from infmae.data import ImageFolderDataset, ReferenceLoader, SampleSpec, generate_dataset
 from infmae.model.infmae import InfMAE
 from infmae.training import checkpoint as ckpt
+from infmae.training.data_setup import build_training_data
 from infmae.training.distributed import DistInfo, barrier, gather_dict, init_distributed, is_collective_timeout
 from infmae.training.engine import prepare_model, to_model_input
-from infmae.training.evaluation import Evaluator, in_validation_split
 from infmae.training.hardware import pick_device, set_cpu_threads
 from infmae.training.interrupts import GracefulStop, Heartbeat
 from infmae.training.metrics import LogWindow, MetricsWriter, TensorBoard, format_line, step_record
 from infmae.training.optim import build_optimizer, learning_rate, set_learning_rate
 from infmae.training.parallel import clip_gradients, grad_norm, gradient_sync, parallelize
-from infmae.training.run_state import RunState
+from infmae.training.plan import RunPlan
+from infmae.training.run_state import RunState, check_run_folder, resume_mode
 from infmae.training.visualize import row_labels, write_reconstructions
 
 log = logging.getLogger(__name__)
-
-RESUME_MODES = ("never", "must", "auto")
 
 
 @dataclass
@@ -57,8 +55,7 @@ class RunSummary:
 
 
 class Trainer:
-    """``resume``: 'never' (False; a folder with a checkpoint is refused), 'must' (True; a folder without
-    one is refused: a mistyped --output must not start a new run) or 'auto' (continue if there is one).
+    """``resume``: 'never' (False), 'must' (True) or 'auto' (``run_state.resume_mode``).
     ``dist_info``: the process group the caller joined (the CLI, for its log set-up); None: joined here."""
 
     def __init__(
@@ -68,16 +65,14 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         tc, dc = config.train, config.data
-        self.resume = {False: "never", True: "must"}.get(resume, resume)
-        if self.resume not in RESUME_MODES:
-            raise ValueError(f"pretrain: expected resume in {RESUME_MODES}, got {resume!r}")
+        self.resume = resume_mode(resume)
 
         # 0. process group: torchrun's (or the caller's); none for a single process
         self.dist = dist_info or init_distributed(tc.device, timeout_s=tc.collective_timeout_s)
         self.rank, self.world_size = self.dist.rank, self.dist.world_size
         self.is_main = self.rank == 0
         self.distributed = self.dist.distributed
-        existing = self._check_run_folder()
+        existing = check_run_folder(self.run_dir, self.resume)
 
         # 1. device (and, on the CPU, as many compute threads as this process has cores to itself)
         self.device = pick_device(tc.device)
@@ -89,13 +84,11 @@ class Trainer:
             else nullcontext()
         )
 
-        # 2. data: this rank's shard, and the schedule it implies
-        self._build_data()
-        self.total_steps = math.ceil(tc.epochs * self.steps_per_epoch)
-        self.warmup_steps = round(tc.warmup_epochs * self.steps_per_epoch)
-        self.stop_step = min(self.total_steps, tc.max_steps) if tc.max_steps else self.total_steps
-        self.global_batch = tc.batch_size * tc.accum_steps * self.world_size
-        self.peak_lr = tc.blr * self.global_batch / 256
+        # 2. data: this rank's shard, the held-out set, and the schedule they imply
+        data = build_training_data(config, self.run_dir, self.device, self.rank, self.world_size)
+        self.dataset, self.val_dataset, self.loader = data.dataset, data.val_dataset, data.loader
+        self.evaluator, self.steps_per_epoch = data.evaluator, data.steps_per_epoch
+        self.plan = RunPlan.of(tc, self.steps_per_epoch, self.world_size)
 
         # 3. model (the same initial weights on every rank), parallelism, optimizer
         self._build_model()
@@ -142,88 +135,16 @@ class Trainer:
         """Unusable files met so far: path -> reason (this rank's, merged over ranks at saves and the end)."""
         return self.state.skipped
 
+    # the plan's numbers, under the names the step loop uses
+    total_steps = property(lambda self: self.plan.total_steps)
+    warmup_steps = property(lambda self: self.plan.warmup_steps)
+    stop_step = property(lambda self: self.plan.stop_step)
+    global_batch = property(lambda self: self.plan.global_batch)
+    peak_lr = property(lambda self: self.plan.peak_lr)
+
     # ------------------------------------------------------------------------------------------
     # build
     # ------------------------------------------------------------------------------------------
-    def _check_run_folder(self) -> Path | None:
-        """Refuse a folder that does not fit ``resume``, then create it. -> its newest checkpoint."""
-        existing = ckpt.latest_checkpoint(self.run_dir)
-        if existing is not None and self.resume == "never":
-            raise ValueError(
-                f"pretrain: expected a new run folder, got {self.run_dir} which holds {existing.name}; "
-                "pass --resume to continue it, or choose another --output"
-            )
-        if existing is None and self.resume == "must":
-            ckpt.require_checkpoint(self.run_dir)
-        barrier()  # every rank has looked for a checkpoint before rank 0 writes into the folder
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        return existing
-
-    def _build_data(self) -> None:
-        """The training set (this rank's shard), the held-out set, their loaders and ``steps_per_epoch``."""
-        tc, dc = self.config.train, self.config.data
-        self.dataset = self._dataset(Path(dc.path) if dc.path else self._synthetic_data())
-        self.val_dataset = self._validation_set()  # taken out of self.dataset when it is a split
-        shard = dict(batch_size=tc.batch_size, seed=tc.seed, rank=self.rank, world_size=self.world_size)
-        if dc.loader == "dali":
-            from infmae.data.dali import DaliLoader
-
-            device_id = (self.device.index or 0) if self.device.type == "cuda" else None
-            self.loader = DaliLoader(self.dataset, **shard, device_id=device_id, num_threads=dc.dali_threads)
-        else:
-            self.loader = ReferenceLoader(self.dataset, **shard, num_workers=dc.num_workers)
-        self.steps_per_epoch = self.loader.steps_per_epoch // tc.accum_steps
-        self.evaluator = (
-            Evaluator(self.val_dataset, tc.batch_size, dc.num_workers, self.rank, self.world_size)
-            if self.val_dataset is not None
-            else None
-        )
-        if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"pretrain: expected at least one optimizer step per epoch, got "
-                f"{self.loader.steps_per_epoch} micro-batches for accum_steps={tc.accum_steps}; "
-                "lower train.accum_steps or train.batch_size, or add images"
-            )
-
-    def _dataset(self, root: Path) -> ImageFolderDataset:
-        dc, mc = self.config.data, self.config.model
-        return ImageFolderDataset(
-            root,
-            SampleSpec.from_config(dc, mc.img_size, mc.in_chans, self.config.train.seed),
-            min_size=dc.min_size,
-            base=dc.manifest_root or None,
-            allow_outside_root=dc.allow_outside_root,
-        )
-
-    def _validation_set(self) -> ImageFolderDataset | None:
-        dc = self.config.data
-        if dc.val_path:
-            held = self._dataset(Path(dc.val_path))
-            held.eval_view = True
-        elif dc.val_fraction > 0:
-            held = self.dataset.split_off(lambda path: in_validation_split(path, dc.val_fraction))
-        else:
-            return None
-        if len(held) < self.world_size:
-            raise ValueError(
-                f"data: expected at least one validation image per rank, got {len(held)} for {self.world_size} "
-                "ranks; raise data.val_fraction or add images to --val-data"
-            )
-        log.info("validation: %d held-out images (%s)", len(held), dc.val_path or f"{dc.val_fraction:.1%} split")
-        return held
-
-    def _synthetic_data(self) -> Path:
-        root = self.run_dir / "synthetic_data"
-        done = root / ".complete"
-        if not done.exists() and self.is_main:
-            log.info(
-                "no --data given: writing %d synthetic infrared images to %s", self.config.data.synthetic_count, root
-            )
-            generate_dataset(root, self.config.data.synthetic_count, seed=self.config.train.seed, include_bad=True)
-            done.write_text("ok\n")
-        barrier()  # the other ranks read what rank 0 wrote
-        return root
-
     def _build_model(self) -> None:
         """``module`` (the InfMAE, the same initial weights on every rank) and ``model`` (what trains:
         ``module`` with checkpointing, compile and data parallelism applied, ``parallel.parallelize``)."""
@@ -299,36 +220,18 @@ class Trainer:
         )
 
     def _log_plan(self) -> None:
-        tc = self.config.train
-        log.info(
-            "run %s | preset %s | device %s | %d rank(s), %s | %d images (%d skipped at scan) | "
-            "%.2fM trainable parameters",
+        for line in self.plan.describe(
+            self.config,
             self.run_dir,
-            self.config.preset,
             self.device,
-            self.world_size,
             self.parallel,
-            len(self.dataset),
-            len(self.dataset.dropped),
-            self.n_params / 1e6,
-        )
-        log.info(
-            "global batch %d (%d x %d accum x %d ranks) | lr = blr %.3g x %d / 256 = %.4g | %d steps/epoch | "
-            "steps %d -> %d of %d (warmup %d) | %.2f GFLOPs/img forward",
-            self.global_batch,
-            tc.batch_size,
-            tc.accum_steps,
             self.world_size,
-            tc.blr,
-            self.global_batch,
-            self.peak_lr,
-            self.steps_per_epoch,
+            self.dataset,
+            self.n_params,
+            self.flops_per_image,
             self.step,
-            self.stop_step,
-            self.total_steps,
-            self.warmup_steps,
-            self.flops_per_image / 1e9,
-        )
+        ):
+            log.info("%s", line)
 
     def _micro_batches(self):
         """Yield (epoch, batch) from the current step on, forever, epoch after epoch."""
