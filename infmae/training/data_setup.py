@@ -1,7 +1,8 @@
 """The data a run trains and evaluates on: this rank's shard of the training set, its loader (reference
 or DALI), the held-out set (a folder of its own, or a split taken out of the training set) with its
 evaluator, and ``steps_per_epoch`` (optimizer steps: the loader's micro-batches // ``accum_steps``).
-Without ``data.path`` rank 0 writes a synthetic infrared set into the run folder first."""
+Without ``data.path`` rank 0 writes a synthetic infrared set into the run folder first. At the end of a
+run rank 0 lists the unusable files met (``skipped_files.tsv``)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,17 @@ class TrainingData:
     evaluator: Evaluator | None
     steps_per_epoch: int
     """Optimizer steps per epoch; a tail of micro-batches short of a step is dropped."""
+
+    def micro_batches(self, position: dict, accum_steps: int):
+        """Yield (epoch, batch) from ``position`` (``RunState.data_position``) on, forever, epoch after epoch."""
+        epoch, start = position["epoch"], position["micro_step"]
+        while True:
+            used = self.steps_per_epoch * accum_steps  # a tail short of a step is dropped
+            for i, batch in enumerate(self.loader.iter_epoch(epoch, start_step=start)):
+                if start + i >= used:
+                    break
+                yield epoch, batch
+            epoch, start = epoch + 1, 0
 
 
 def build_training_data(
@@ -98,3 +110,13 @@ def _synthetic_data(config: Config, run_dir: Path, is_main: bool) -> Path:
         done.write_text("ok\n")
     barrier()  # the other ranks read what rank 0 wrote
     return root
+
+
+def write_skipped_files(run_dir: Path, skipped: dict[str, str]) -> None:
+    """``RUN/skipped_files.tsv``: path and reason of every unusable file met, and one line in the log."""
+    path = run_dir / "skipped_files.tsv"
+    path.write_text("".join(f"{p}\t{r}\n" for p, r in sorted(skipped.items())))
+    if skipped:
+        log.warning("skipped %d unusable files (listed in %s)", len(skipped), path)
+    else:
+        log.info("no files were skipped")

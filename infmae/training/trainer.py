@@ -13,27 +13,23 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from infmae.config import Config, resolve_for_device
 from infmae.model.infmae import InfMAE
 from infmae.training import checkpoint as ckpt
-from infmae.training.data_setup import build_training_data
+from infmae.training.data_setup import build_training_data, write_skipped_files
 from infmae.training.distributed import DistInfo, barrier, gather_dict, init_distributed, is_collective_timeout
 from infmae.training.engine import prepare_model, to_model_input
-from infmae.training.hardware import pick_device, set_cpu_threads
-from infmae.training.interrupts import GracefulStop, Heartbeat
+from infmae.training.hardware import autocast_for, pick_device, set_cpu_threads
+from infmae.training.interrupts import GracefulStop, Heartbeat, log_how_to_continue, stop_group
 from infmae.training.metrics import LogWindow, MetricsWriter, TensorBoard, format_line, step_record
 from infmae.training.optim import build_optimizer, learning_rate, set_learning_rate
-from infmae.training.parallel import clip_gradients, grad_norm, gradient_sync, parallelize
+from infmae.training.parallel import clip_gradients, data_parallel_mesh, grad_norm, gradient_sync, parallelize
 from infmae.training.plan import RunPlan
 from infmae.training.run_state import RunState, check_run_folder, resume_mode
 from infmae.training.visualize import row_labels, write_reconstructions
@@ -78,17 +74,13 @@ class Trainer:
         self.device = pick_device(tc.device)
         if self.device.type == "cpu":
             set_cpu_threads(tc.cpu_threads, dc.num_workers)
-        self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if self.device.type == "cuda" and tc.precision == "bf16"
-            else nullcontext()
-        )
+        self.autocast = autocast_for(self.device, tc.precision)
 
         # 2. data: this rank's shard, the held-out set, and the schedule they imply
-        data = build_training_data(config, self.run_dir, self.device, self.rank, self.world_size)
-        self.dataset, self.val_dataset, self.loader = data.dataset, data.val_dataset, data.loader
-        self.evaluator, self.steps_per_epoch = data.evaluator, data.steps_per_epoch
-        self.plan = RunPlan.of(tc, self.steps_per_epoch, self.world_size)
+        self.data = build_training_data(config, self.run_dir, self.device, self.rank, self.world_size)
+        self.dataset, self.val_dataset, self.loader = self.data.dataset, self.data.val_dataset, self.data.loader
+        self.evaluator, self.steps_per_epoch = self.data.evaluator, self.data.steps_per_epoch
+        self.plan = RunPlan.of(config, self.steps_per_epoch, self.world_size)
 
         # 3. model (the same initial weights on every rank), parallelism, optimizer
         self._build_model()
@@ -103,12 +95,7 @@ class Trainer:
         )
         self.checkpointer = ckpt.Checkpointer(self.run_dir, tc.keep_last, tc.async_checkpoint, self.distributed)
         self.saved_step: int | None = None  # the step of the newest save, to not save a step twice
-        # stop requests are agreed on by every rank once per step, on a CPU group apart from the training's
-        self.control_group = (
-            dist.new_group(backend="gloo", timeout=timedelta(seconds=tc.collective_timeout_s))
-            if self.distributed
-            else None
-        )
+        self.control_group = stop_group(self.distributed, tc.collective_timeout_s)  # for GracefulStop
         self.heartbeat = Heartbeat(self.rank, self.world_size) if self.distributed else None
 
         # 4. saved state
@@ -155,11 +142,7 @@ class Trainer:
         )  # engine (issue 16)
         self.n_params = sum(p.numel() for p in self.module.parameters() if p.requires_grad)  # before sharding
         self.flops_per_image = self.module.flops_per_image()
-        self.mesh = None
-        if self.distributed:
-            from torch.distributed.device_mesh import init_device_mesh
-
-            self.mesh = init_device_mesh(self.device.type, (self.world_size,), mesh_dim_names=("dp",))
+        self.mesh = data_parallel_mesh(self.device, self.world_size) if self.distributed else None
         self.parallel = tc.parallel if self.distributed else "none"
         self.model = parallelize(self.module, tc, self.mesh, self.device)
         if self.module.ops.name == "triton":
@@ -192,7 +175,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     def fit(self) -> RunSummary:
         """Train to ``stop_step``, or until a stop signal (then the current step is finished and saved)."""
-        self._log_plan()
+        for line in self.plan.describe(
+            self.run_dir, self.device, self.parallel, self.dataset, self.n_params, self.flops_per_image, self.step
+        ):
+            log.info("%s", line)
         self.model.train()
         with GracefulStop(self.control_group) as stop:
             try:
@@ -219,36 +205,10 @@ class Trainer:
             stopped_by=stopped_by,
         )
 
-    def _log_plan(self) -> None:
-        for line in self.plan.describe(
-            self.config,
-            self.run_dir,
-            self.device,
-            self.parallel,
-            self.world_size,
-            self.dataset,
-            self.n_params,
-            self.flops_per_image,
-            self.step,
-        ):
-            log.info("%s", line)
-
-    def _micro_batches(self):
-        """Yield (epoch, batch) from the current step on, forever, epoch after epoch."""
-        position = self.state.data_position()
-        epoch, start = position["epoch"], position["micro_step"]
-        while True:
-            used = self.steps_per_epoch * self.config.train.accum_steps  # a tail short of a step is dropped
-            for i, batch in enumerate(self.loader.iter_epoch(epoch, start_step=start)):
-                if start + i >= used:
-                    break
-                yield epoch, batch
-            epoch, start = epoch + 1, 0
-
     def _train(self, stop: GracefulStop) -> tuple[float | None, float | None]:
         """The step loop; leaves it early, after saving, when ``stop`` says so. -> (first, last) logged loss."""
         tc = self.config.train
-        batches = self._micro_batches()
+        batches = self.data.micro_batches(self.state.data_position(), tc.accum_steps)
         window = LogWindow(self.device)
         first_loss = last_loss = None
         last_logged_step = start_step = self.step
@@ -330,12 +290,13 @@ class Trainer:
         self.state.step += 1
         return epoch, batch, images, out, norm
 
-    def _log(self, record: dict) -> None:
-        """A record into metrics.jsonl, TensorBoard and (with a progress line) the log: rank 0 only."""
+    def _log(self, record: dict, line: str | None = None) -> None:
+        """A record into metrics.jsonl, TensorBoard and the log (``line``, by default the progress line):
+        rank 0 only."""
         if self.is_main:
             self.metrics.write(record)
             self.tensorboard.write(record)
-            log.info(format_line(record))
+            log.info(line or format_line(record))
 
     def evaluate(self):
         """Held-out evaluation (collective): val_loss, val_baseline_loss and val_psnr into the log,
@@ -344,14 +305,10 @@ class Trainer:
         result, first = self.evaluator.run(
             self.model, self.device, mc.in_chans, self.autocast, dc.std, mc.norm_pix_loss
         )
-        if self.is_main:
-            record = {"step": self.step, **result.record(), "time": time.time()}
-            self.metrics.write(record)
-            self.tensorboard.write(record)
-            log.info("%s", result.describe(self.step))
-            if first is not None:
-                batch, images, out, errors = first
-                self.write_reconstructions(images, out, row_labels(self.val_dataset, batch.indices, errors))
+        self._log({"step": self.step, **result.record(), "time": time.time()}, result.describe(self.step))
+        if self.is_main and first is not None:
+            batch, images, out, errors = first
+            self.write_reconstructions(images, out, row_labels(self.val_dataset, batch.indices, errors))
         return result
 
     def write_reconstructions(self, images: torch.Tensor, out, labels: list[str] | None = None) -> Path:
@@ -362,18 +319,7 @@ class Trainer:
 
     def _finish(self, stopped_by: int | None) -> None:
         """Rank 0: the skipped-files list, TensorBoard closed, and how to continue a stopped run."""
-        path = self.run_dir / "skipped_files.tsv"
-        path.write_text("".join(f"{p}\t{r}\n" for p, r in sorted(self.skipped.items())))
-        if self.skipped:
-            log.warning("skipped %d unusable files (listed in %s)", len(self.skipped), path)
-        else:
-            log.info("no files were skipped")
+        write_skipped_files(self.run_dir, self.skipped)
         self.tensorboard.close()
         if stopped_by is not None:
-            log.warning(
-                "stopped at step %d by %s (checkpoint %s); continue with: infmae pretrain --output %s --resume",
-                self.step,
-                signal.Signals(stopped_by).name,
-                self.checkpointer.last.name if self.checkpointer.last else "none",
-                self.run_dir,
-            )
+            log_how_to_continue(stopped_by, self.step, self.checkpointer.last, self.run_dir)
