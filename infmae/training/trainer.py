@@ -1,9 +1,10 @@
 """Pretraining on one process (CPU, or one GPU with bf16 autocast) or on N ranks under torchrun
 (FSDP2 or DDP; gloo on the CPU, NCCL on GPUs), with exact resume.
 
-The lifecycle, in the order of this file: build (process group, device, data: this rank's shard, model
-and parallelism, optimizer), restore (on resume, ``run_state.py``), step (``accum_steps`` micro-batches
-per rank, gradients reduced once, on the last), log (``metrics.py``), save (``checkpoint.py``), finish.
+The lifecycle, in the order of this file: build (process group, device, data: this rank's shard
+(``data_setup.py``), the run plan (``plan.py``), model and parallelism, optimizer), restore (on resume,
+``run_state.py``), step (``accum_steps`` micro-batches per rank, gradients reduced once, on the last),
+log (``metrics.py``), save (``checkpoint.py``), finish.
 The data position is derived from the step, so a resumed run reads exactly the batches an uninterrupted
 run would have read. Global batch = batch_size x accum_steps x world size. Rank 0 alone writes the log,
 metrics, TensorBoard events and pictures.
