@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,6 +17,9 @@ from infmae.config import Config
 from infmae.data import ImageFolderDataset, ReferenceLoader, SampleSpec, generate_dataset
 from infmae.training.distributed import barrier
 from infmae.training.evaluation import Evaluator, in_validation_split
+
+if TYPE_CHECKING:
+    from infmae.data.dali import DaliLoader
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +30,8 @@ class TrainingData:
     """The training images (without the validation split); the loader reads this rank's shard of it."""
     val_dataset: ImageFolderDataset | None
     """The held-out images in eval view (a fixed view per image), None without validation."""
-    loader: object
-    """A ``ReferenceLoader`` or a ``DaliLoader``: ``iter_epoch(epoch, start_step)`` and ``steps_per_epoch``."""
+    loader: ReferenceLoader | DaliLoader
+    """Reads this rank's shard: ``iter_epoch(epoch, start_step)``, ``steps_per_epoch`` micro-batches."""
     evaluator: Evaluator | None
     steps_per_epoch: int
     """Optimizer steps per epoch; a tail of micro-batches short of a step is dropped."""
@@ -52,6 +56,7 @@ def build_training_data(
     dataset = _dataset(config, Path(dc.path) if dc.path else _synthetic_data(config, run_dir, rank == 0))
     val_dataset = _validation_set(config, dataset, world_size)  # taken out of dataset when it is a split
     shard = dict(batch_size=tc.batch_size, seed=tc.seed, rank=rank, world_size=world_size)
+    loader: ReferenceLoader | DaliLoader
     if dc.loader == "dali":
         from infmae.data.dali import DaliLoader
 
