@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 
 import torch
 
@@ -35,3 +36,10 @@ def pick_device(choice: str) -> torch.device:
             )
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast on CUDA with ``precision='bf16'``; otherwise a context that changes nothing (fp32)."""
+    if device.type == "cuda" and precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()

@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
+def stop_group(distributed: bool, timeout_s: float):
+    """The group stop requests are agreed on, once per step: a gloo (CPU) group of every rank apart from
+    the training's, so agreeing needs no GPU sync. None for one process."""
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s)) if distributed else None
+
+
 class GracefulStop:
     """Context manager: installs the handlers (main thread only) and restores the previous ones."""
 
@@ -115,3 +121,14 @@ class Heartbeat:
             f"pretrain: expected every rank to join a collective within train.collective_timeout_s={timeout_s:g} s, "
             f"got a timeout on rank {self.rank} at step {step}: {cause}. Check that rank's process and node"
         )
+
+
+def log_how_to_continue(stopped_by: int, step: int, checkpoint, run_dir) -> None:
+    """The warning at the end of a run a signal stopped: where it stopped and the command that continues it."""
+    log.warning(
+        "stopped at step %d by %s (checkpoint %s); continue with: infmae pretrain --output %s --resume",
+        step,
+        signal.Signals(stopped_by).name,
+        checkpoint.name if checkpoint else "none",
+        run_dir,
+    )

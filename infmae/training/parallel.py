@@ -107,6 +107,13 @@ def apply_fsdp(model: nn.Module, config: TrainConfig, mesh, device: torch.device
     )
 
 
+def data_parallel_mesh(device: torch.device, world_size: int):
+    """A 1-D DeviceMesh named 'dp' over the ``world_size`` ranks of the process group."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp",))
+
+
 def parallelize(model: nn.Module, config: TrainConfig, mesh, device: torch.device) -> nn.Module:
     """Apply activation checkpointing, per-block compile, then FSDP2 or DDP. ``mesh`` is a 1-D
     DeviceMesh over the data-parallel ranks (``None``: a single process, no data parallelism).

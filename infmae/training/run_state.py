@@ -18,11 +18,13 @@ import torch.nn as nn
 
 from infmae.config import Config
 from infmae.training import checkpoint as ckpt
-from infmae.training.distributed import gather_dict
+from infmae.training.distributed import barrier, gather_dict
 from infmae.training.parallel import unwrap
 from infmae.training.rng import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
+
+RESUME_MODES = ("never", "must", "auto")
 
 # train fields that may change between a run and its resumption without changing its results
 RESUME_MAY_CHANGE = {
@@ -46,6 +48,31 @@ RESUME_MAY_CHANGE = {
     "collective_timeout_s",
     "cpu_threads",
 }
+
+
+def resume_mode(resume: bool | str) -> str:
+    """'never' (False; a folder with a checkpoint is refused), 'must' (True; a folder without one is
+    refused: a mistyped --output must not start a new run) or 'auto' (continue if there is one)."""
+    mode = {False: "never", True: "must"}.get(resume, resume)
+    if mode not in RESUME_MODES:
+        raise ValueError(f"pretrain: expected resume in {RESUME_MODES}, got {resume!r}")
+    return mode
+
+
+def check_run_folder(run_dir: Path, mode: str) -> Path | None:
+    """Refuse a folder that does not fit the resume ``mode``, then create it (collective). -> its newest
+    checkpoint."""
+    existing = ckpt.latest_checkpoint(run_dir)
+    if existing is not None and mode == "never":
+        raise ValueError(
+            f"pretrain: expected a new run folder, got {run_dir} which holds {existing.name}; "
+            "pass --resume to continue it, or choose another --output"
+        )
+    if existing is None and mode == "must":
+        ckpt.require_checkpoint(run_dir)
+    barrier()  # every rank has looked for a checkpoint before rank 0 writes into the folder
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return existing
 
 
 @dataclass

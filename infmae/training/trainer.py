@@ -1,9 +1,10 @@
 """Pretraining on one process (CPU, or one GPU with bf16 autocast) or on N ranks under torchrun
 (FSDP2 or DDP; gloo on the CPU, NCCL on GPUs), with exact resume.
 
-The lifecycle, in the order of this file: build (process group, device, data: this rank's shard, model
-and parallelism, optimizer), restore (on resume, ``run_state.py``), step (``accum_steps`` micro-batches
-per rank, gradients reduced once, on the last), log (``metrics.py``), save (``checkpoint.py``), finish.
+The lifecycle, in the order of this file: build (process group, device, data: this rank's shard
+(``data_setup.py``), the run plan (``plan.py``), model and parallelism, optimizer), restore (on resume,
+``run_state.py``), step (``accum_steps`` micro-batches per rank, gradients reduced once, on the last),
+log (``metrics.py``), save (``checkpoint.py``), finish.
 The data position is derived from the step, so a resumed run reads exactly the batches an uninterrupted
 run would have read. Global batch = batch_size x accum_steps x world size. Rank 0 alone writes the log,
 metrics, TensorBoard events and pictures.
@@ -13,34 +14,28 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from infmae.config import Config, resolve_for_device
-from infmae.data import ImageFolderDataset, ReferenceLoader, SampleSpec, generate_dataset
 from infmae.model.infmae import InfMAE
 from infmae.training import checkpoint as ckpt
+from infmae.training.data_setup import build_training_data, write_skipped_files
 from infmae.training.distributed import DistInfo, barrier, gather_dict, init_distributed, is_collective_timeout
 from infmae.training.engine import prepare_model, to_model_input
-from infmae.training.evaluation import Evaluator, in_validation_split
-from infmae.training.hardware import pick_device, set_cpu_threads
-from infmae.training.interrupts import GracefulStop, Heartbeat
+from infmae.training.hardware import autocast_for, pick_device, set_cpu_threads
+from infmae.training.interrupts import GracefulStop, Heartbeat, log_how_to_continue, stop_group
 from infmae.training.metrics import LogWindow, MetricsWriter, TensorBoard, format_line, step_record
 from infmae.training.optim import build_optimizer, learning_rate, set_learning_rate
-from infmae.training.parallel import clip_gradients, grad_norm, gradient_sync, parallelize
-from infmae.training.run_state import RunState
+from infmae.training.parallel import clip_gradients, data_parallel_mesh, grad_norm, gradient_sync, parallelize
+from infmae.training.plan import RunPlan
+from infmae.training.run_state import RunState, check_run_folder, resume_mode
 from infmae.training.visualize import row_labels, write_reconstructions
 
 log = logging.getLogger(__name__)
-
-RESUME_MODES = ("never", "must", "auto")
 
 
 @dataclass
@@ -57,8 +52,7 @@ class RunSummary:
 
 
 class Trainer:
-    """``resume``: 'never' (False; a folder with a checkpoint is refused), 'must' (True; a folder without
-    one is refused: a mistyped --output must not start a new run) or 'auto' (continue if there is one).
+    """``resume``: 'never' (False), 'must' (True) or 'auto' (``run_state.resume_mode``).
     ``dist_info``: the process group the caller joined (the CLI, for its log set-up); None: joined here."""
 
     def __init__(
@@ -68,34 +62,26 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         tc, dc = config.train, config.data
-        self.resume = {False: "never", True: "must"}.get(resume, resume)
-        if self.resume not in RESUME_MODES:
-            raise ValueError(f"pretrain: expected resume in {RESUME_MODES}, got {resume!r}")
+        self.resume = resume_mode(resume)
 
         # 0. process group: torchrun's (or the caller's); none for a single process
         self.dist = dist_info or init_distributed(tc.device, timeout_s=tc.collective_timeout_s)
         self.rank, self.world_size = self.dist.rank, self.dist.world_size
         self.is_main = self.rank == 0
         self.distributed = self.dist.distributed
-        existing = self._check_run_folder()
+        existing = check_run_folder(self.run_dir, self.resume)
 
         # 1. device (and, on the CPU, as many compute threads as this process has cores to itself)
         self.device = pick_device(tc.device)
         if self.device.type == "cpu":
             set_cpu_threads(tc.cpu_threads, dc.num_workers)
-        self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if self.device.type == "cuda" and tc.precision == "bf16"
-            else nullcontext()
-        )
+        self.autocast = autocast_for(self.device, tc.precision)
 
-        # 2. data: this rank's shard, and the schedule it implies
-        self._build_data()
-        self.total_steps = math.ceil(tc.epochs * self.steps_per_epoch)
-        self.warmup_steps = round(tc.warmup_epochs * self.steps_per_epoch)
-        self.stop_step = min(self.total_steps, tc.max_steps) if tc.max_steps else self.total_steps
-        self.global_batch = tc.batch_size * tc.accum_steps * self.world_size
-        self.peak_lr = tc.blr * self.global_batch / 256
+        # 2. data: this rank's shard, the held-out set, and the schedule they imply
+        self.data = build_training_data(config, self.run_dir, self.device, self.rank, self.world_size)
+        self.dataset, self.val_dataset, self.loader = self.data.dataset, self.data.val_dataset, self.data.loader
+        self.evaluator, self.steps_per_epoch = self.data.evaluator, self.data.steps_per_epoch
+        self.plan = RunPlan.of(config, self.steps_per_epoch, self.world_size)
 
         # 3. model (the same initial weights on every rank), parallelism, optimizer
         self._build_model()
@@ -110,12 +96,7 @@ class Trainer:
         )
         self.checkpointer = ckpt.Checkpointer(self.run_dir, tc.keep_last, tc.async_checkpoint, self.distributed)
         self.saved_step: int | None = None  # the step of the newest save, to not save a step twice
-        # stop requests are agreed on by every rank once per step, on a CPU group apart from the training's
-        self.control_group = (
-            dist.new_group(backend="gloo", timeout=timedelta(seconds=tc.collective_timeout_s))
-            if self.distributed
-            else None
-        )
+        self.control_group = stop_group(self.distributed, tc.collective_timeout_s)  # for GracefulStop
         self.heartbeat = Heartbeat(self.rank, self.world_size) if self.distributed else None
 
         # 4. saved state
@@ -142,88 +123,16 @@ class Trainer:
         """Unusable files met so far: path -> reason (this rank's, merged over ranks at saves and the end)."""
         return self.state.skipped
 
+    # the plan's numbers, under the names the step loop uses
+    total_steps = property(lambda self: self.plan.total_steps)
+    warmup_steps = property(lambda self: self.plan.warmup_steps)
+    stop_step = property(lambda self: self.plan.stop_step)
+    global_batch = property(lambda self: self.plan.global_batch)
+    peak_lr = property(lambda self: self.plan.peak_lr)
+
     # ------------------------------------------------------------------------------------------
     # build
     # ------------------------------------------------------------------------------------------
-    def _check_run_folder(self) -> Path | None:
-        """Refuse a folder that does not fit ``resume``, then create it. -> its newest checkpoint."""
-        existing = ckpt.latest_checkpoint(self.run_dir)
-        if existing is not None and self.resume == "never":
-            raise ValueError(
-                f"pretrain: expected a new run folder, got {self.run_dir} which holds {existing.name}; "
-                "pass --resume to continue it, or choose another --output"
-            )
-        if existing is None and self.resume == "must":
-            ckpt.require_checkpoint(self.run_dir)
-        barrier()  # every rank has looked for a checkpoint before rank 0 writes into the folder
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        return existing
-
-    def _build_data(self) -> None:
-        """The training set (this rank's shard), the held-out set, their loaders and ``steps_per_epoch``."""
-        tc, dc = self.config.train, self.config.data
-        self.dataset = self._dataset(Path(dc.path) if dc.path else self._synthetic_data())
-        self.val_dataset = self._validation_set()  # taken out of self.dataset when it is a split
-        shard = dict(batch_size=tc.batch_size, seed=tc.seed, rank=self.rank, world_size=self.world_size)
-        if dc.loader == "dali":
-            from infmae.data.dali import DaliLoader
-
-            device_id = (self.device.index or 0) if self.device.type == "cuda" else None
-            self.loader = DaliLoader(self.dataset, **shard, device_id=device_id, num_threads=dc.dali_threads)
-        else:
-            self.loader = ReferenceLoader(self.dataset, **shard, num_workers=dc.num_workers)
-        self.steps_per_epoch = self.loader.steps_per_epoch // tc.accum_steps
-        self.evaluator = (
-            Evaluator(self.val_dataset, tc.batch_size, dc.num_workers, self.rank, self.world_size)
-            if self.val_dataset is not None
-            else None
-        )
-        if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"pretrain: expected at least one optimizer step per epoch, got "
-                f"{self.loader.steps_per_epoch} micro-batches for accum_steps={tc.accum_steps}; "
-                "lower train.accum_steps or train.batch_size, or add images"
-            )
-
-    def _dataset(self, root: Path) -> ImageFolderDataset:
-        dc, mc = self.config.data, self.config.model
-        return ImageFolderDataset(
-            root,
-            SampleSpec.from_config(dc, mc.img_size, mc.in_chans, self.config.train.seed),
-            min_size=dc.min_size,
-            base=dc.manifest_root or None,
-            allow_outside_root=dc.allow_outside_root,
-        )
-
-    def _validation_set(self) -> ImageFolderDataset | None:
-        dc = self.config.data
-        if dc.val_path:
-            held = self._dataset(Path(dc.val_path))
-            held.eval_view = True
-        elif dc.val_fraction > 0:
-            held = self.dataset.split_off(lambda path: in_validation_split(path, dc.val_fraction))
-        else:
-            return None
-        if len(held) < self.world_size:
-            raise ValueError(
-                f"data: expected at least one validation image per rank, got {len(held)} for {self.world_size} "
-                "ranks; raise data.val_fraction or add images to --val-data"
-            )
-        log.info("validation: %d held-out images (%s)", len(held), dc.val_path or f"{dc.val_fraction:.1%} split")
-        return held
-
-    def _synthetic_data(self) -> Path:
-        root = self.run_dir / "synthetic_data"
-        done = root / ".complete"
-        if not done.exists() and self.is_main:
-            log.info(
-                "no --data given: writing %d synthetic infrared images to %s", self.config.data.synthetic_count, root
-            )
-            generate_dataset(root, self.config.data.synthetic_count, seed=self.config.train.seed, include_bad=True)
-            done.write_text("ok\n")
-        barrier()  # the other ranks read what rank 0 wrote
-        return root
-
     def _build_model(self) -> None:
         """``module`` (the InfMAE, the same initial weights on every rank) and ``model`` (what trains:
         ``module`` with checkpointing, compile and data parallelism applied, ``parallel.parallelize``)."""
@@ -234,11 +143,7 @@ class Trainer:
         )  # engine (issue 16)
         self.n_params = sum(p.numel() for p in self.module.parameters() if p.requires_grad)  # before sharding
         self.flops_per_image = self.module.flops_per_image()
-        self.mesh = None
-        if self.distributed:
-            from torch.distributed.device_mesh import init_device_mesh
-
-            self.mesh = init_device_mesh(self.device.type, (self.world_size,), mesh_dim_names=("dp",))
+        self.mesh = data_parallel_mesh(self.device, self.world_size) if self.distributed else None
         self.parallel = tc.parallel if self.distributed else "none"
         self.model = parallelize(self.module, tc, self.mesh, self.device)
         if self.module.ops.name == "triton":
@@ -271,7 +176,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     def fit(self) -> RunSummary:
         """Train to ``stop_step``, or until a stop signal (then the current step is finished and saved)."""
-        self._log_plan()
+        for line in self.plan.describe(
+            self.run_dir, self.device, self.parallel, self.dataset, self.n_params, self.flops_per_image, self.step
+        ):
+            log.info("%s", line)
         self.model.train()
         with GracefulStop(self.control_group) as stop:
             try:
@@ -298,54 +206,10 @@ class Trainer:
             stopped_by=stopped_by,
         )
 
-    def _log_plan(self) -> None:
-        tc = self.config.train
-        log.info(
-            "run %s | preset %s | device %s | %d rank(s), %s | %d images (%d skipped at scan) | "
-            "%.2fM trainable parameters",
-            self.run_dir,
-            self.config.preset,
-            self.device,
-            self.world_size,
-            self.parallel,
-            len(self.dataset),
-            len(self.dataset.dropped),
-            self.n_params / 1e6,
-        )
-        log.info(
-            "global batch %d (%d x %d accum x %d ranks) | lr = blr %.3g x %d / 256 = %.4g | %d steps/epoch | "
-            "steps %d -> %d of %d (warmup %d) | %.2f GFLOPs/img forward",
-            self.global_batch,
-            tc.batch_size,
-            tc.accum_steps,
-            self.world_size,
-            tc.blr,
-            self.global_batch,
-            self.peak_lr,
-            self.steps_per_epoch,
-            self.step,
-            self.stop_step,
-            self.total_steps,
-            self.warmup_steps,
-            self.flops_per_image / 1e9,
-        )
-
-    def _micro_batches(self):
-        """Yield (epoch, batch) from the current step on, forever, epoch after epoch."""
-        position = self.state.data_position()
-        epoch, start = position["epoch"], position["micro_step"]
-        while True:
-            used = self.steps_per_epoch * self.config.train.accum_steps  # a tail short of a step is dropped
-            for i, batch in enumerate(self.loader.iter_epoch(epoch, start_step=start)):
-                if start + i >= used:
-                    break
-                yield epoch, batch
-            epoch, start = epoch + 1, 0
-
     def _train(self, stop: GracefulStop) -> tuple[float | None, float | None]:
         """The step loop; leaves it early, after saving, when ``stop`` says so. -> (first, last) logged loss."""
         tc = self.config.train
-        batches = self._micro_batches()
+        batches = self.data.micro_batches(self.state.data_position(), tc.accum_steps)
         window = LogWindow(self.device)
         first_loss = last_loss = None
         last_logged_step = start_step = self.step
@@ -427,12 +291,13 @@ class Trainer:
         self.state.step += 1
         return epoch, batch, images, out, norm
 
-    def _log(self, record: dict) -> None:
-        """A record into metrics.jsonl, TensorBoard and (with a progress line) the log: rank 0 only."""
+    def _log(self, record: dict, line: str | None = None) -> None:
+        """A record into metrics.jsonl, TensorBoard and the log (``line``, by default the progress line):
+        rank 0 only."""
         if self.is_main:
             self.metrics.write(record)
             self.tensorboard.write(record)
-            log.info(format_line(record))
+            log.info(line or format_line(record))
 
     def evaluate(self):
         """Held-out evaluation (collective): val_loss, val_baseline_loss and val_psnr into the log,
@@ -441,14 +306,10 @@ class Trainer:
         result, first = self.evaluator.run(
             self.model, self.device, mc.in_chans, self.autocast, dc.std, mc.norm_pix_loss
         )
-        if self.is_main:
-            record = {"step": self.step, **result.record(), "time": time.time()}
-            self.metrics.write(record)
-            self.tensorboard.write(record)
-            log.info("%s", result.describe(self.step))
-            if first is not None:
-                batch, images, out, errors = first
-                self.write_reconstructions(images, out, row_labels(self.val_dataset, batch.indices, errors))
+        self._log({"step": self.step, **result.record(), "time": time.time()}, result.describe(self.step))
+        if self.is_main and first is not None:
+            batch, images, out, errors = first
+            self.write_reconstructions(images, out, row_labels(self.val_dataset, batch.indices, errors))
         return result
 
     def write_reconstructions(self, images: torch.Tensor, out, labels: list[str] | None = None) -> Path:
@@ -459,18 +320,7 @@ class Trainer:
 
     def _finish(self, stopped_by: int | None) -> None:
         """Rank 0: the skipped-files list, TensorBoard closed, and how to continue a stopped run."""
-        path = self.run_dir / "skipped_files.tsv"
-        path.write_text("".join(f"{p}\t{r}\n" for p, r in sorted(self.skipped.items())))
-        if self.skipped:
-            log.warning("skipped %d unusable files (listed in %s)", len(self.skipped), path)
-        else:
-            log.info("no files were skipped")
+        write_skipped_files(self.run_dir, self.skipped)
         self.tensorboard.close()
         if stopped_by is not None:
-            log.warning(
-                "stopped at step %d by %s (checkpoint %s); continue with: infmae pretrain --output %s --resume",
-                self.step,
-                signal.Signals(stopped_by).name,
-                self.checkpointer.last.name if self.checkpointer.last else "none",
-                self.run_dir,
-            )
+            log_how_to_continue(stopped_by, self.step, self.checkpointer.last, self.run_dir)
