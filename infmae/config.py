@@ -336,6 +336,10 @@ class TrainConfig:
     bf16_residual: bool = False
     """Under bf16 autocast, carry the conv stages' residual stream in bf16 (halves the memory traffic of
     the memory-bound stages; the IAM score, the sort and the loss stay fp32). Set by ``engine`` on CUDA."""
+    wire_uint16: bool = False
+    """The reference loader ships each batch as uint16 codes of its [0, 1] values (2 bytes a pixel instead
+    of 4) and the device applies ``codes * scale + offset`` (mean/std) in one step. Within 4e-5 of the
+    float32 batch (tests/tolerances.py 'wire_uint16'), so not exact: set by ``engine`` on CUDA only."""
     cuda_graphs: bool = False
     """With ``compile``: capture the compiled blocks in CUDA graphs (torch.compile mode 'reduce-overhead')
     instead of launching their kernels one by one; needs static shapes. Off until measured on a GPU
@@ -628,6 +632,7 @@ def resolve_for_device(config: Config, device: str) -> Config:
     if device == "cuda":
         tc.precision = "bf16"
         tc.bf16_residual = True
+        tc.wire_uint16 = True
         if dali_importable():
             dc.loader = "dali"
         elif dc.loader == "reference":

@@ -41,7 +41,7 @@ def test_config_show_paper_base_cuda_is_the_engine(capsys, no_dali):
         True,
         True,
     )
-    assert (train["precision"], train["cuda_graphs"]) == ("bf16", False)
+    assert (train["precision"], train["cuda_graphs"], train["wire_uint16"]) == ("bf16", False, True)
     assert (data["loader"], data["num_workers"]) == ("reference", 15)  # no DALI here: workers per core
     assert shown["model"]["encoder"] == "dense"
     # exactly what a run writes to config.json

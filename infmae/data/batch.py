@@ -18,8 +18,9 @@ class Batch:
     """A training batch.
 
     Attributes:
-        images: ``[B, C, H, W]`` normalised images. A loader may deliver ``C = 1`` for gray data;
-            :meth:`to` repeats it to the model's channels on the device as a view.
+        images: ``[B, C, H, W]`` normalised float images, or uint16 codes with ``wire`` set (the engine's
+            wire format, :func:`quantize_unit`; :meth:`to` decodes them on the device). A loader may deliver
+            ``C = 1`` for gray data; :meth:`to` repeats it to the model's channels on the device as a view.
         indices: ``[B]`` int64, the dataset positions the images came from (for exact resume and for
             reporting a bad batch). A substituted sample carries the substitute's position.
         skipped: ``(path, reason)`` of each file that failed to decode while this batch was built and
@@ -29,6 +30,9 @@ class Batch:
     images: torch.Tensor
     indices: torch.Tensor
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    wire: WireAffine | None = None
+    """``None``: ``images`` are the normalised float values. Otherwise ``images`` are integer codes and the
+    float image is ``codes * wire.scale + wire.offset`` per channel, computed by :meth:`to` on the device."""
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -75,7 +79,11 @@ class Batch:
                     f"Batch.to: expected images with 1 or {channels} channels, got {current}; "
                     f"set in_chans={current} or load the data with in_chans={channels}"
                 )
-        images = self.images.to(device=device, dtype=dtype, non_blocking=non_blocking)
+        images = self.images.to(device=device, non_blocking=non_blocking)
+        if self.wire is not None:
+            images = self.wire.decode(images, dtype or torch.float32)
+        elif dtype is not None:
+            images = images.to(dtype)
         if channels is not None and current == 1 and channels > 1:
             images = images.expand(-1, channels, -1, -1)
         indices = self.indices.to(device=device, non_blocking=non_blocking)
@@ -83,4 +91,63 @@ class Batch:
 
     def pin_memory(self) -> Batch:
         """Pinned-memory copy (called by ``DataLoader(pin_memory=True)``)."""
-        return Batch(images=self.images.pin_memory(), indices=self.indices.pin_memory(), skipped=self.skipped)
+        return Batch(
+            images=self.images.pin_memory(), indices=self.indices.pin_memory(), skipped=self.skipped, wire=self.wire
+        )
+
+    def host_to_device_bytes(self) -> int:
+        """Bytes :meth:`to` copies from the host: images as stored (a gray batch once), indices, the affine."""
+        extra = 0 if self.wire is None else self.wire.nbytes
+        return self.images.nbytes + self.indices.nbytes + extra
+
+
+UINT16_LEVELS = 65535
+
+
+@dataclass(frozen=True)
+class WireAffine:
+    """The per-channel affine that turns integer codes back into normalised images on the device.
+
+    Attributes:
+        scale, offset: ``[C]`` float32; ``image = codes * scale + offset`` (one fused elementwise step).
+    """
+
+    scale: torch.Tensor
+    offset: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return self.scale.nbytes + self.offset.nbytes
+
+    def decode(self, codes_BCHW: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``[B, C, H, W]`` codes (on any device) -> normalised ``dtype`` images, computed in float32."""
+        scale = self.scale.to(codes_BCHW.device).view(1, -1, 1, 1)
+        offset = self.offset.to(codes_BCHW.device).view(1, -1, 1, 1)
+        return torch.addcmul(offset, codes_BCHW.to(torch.float32), scale).to(dtype)
+
+
+def quantize_unit(batch: Batch, mean: torch.Tensor, std: torch.Tensor) -> Batch:
+    """The engine's wire format: a normalised float batch as uint16 codes of its [0, 1] values.
+
+    The loader's samples are ``(y - mean) / std`` with ``y`` in [0, 1] (clamped after the bicubic resize),
+    so ``y`` is recovered, rounded to ``round(y * 65535)`` and shipped as uint16 (2 bytes a pixel instead
+    of 4) with ``scale = 1 / (65535 * std)``, ``offset = -mean / std``. Decoding is within
+    ``0.5 / 65535 / std`` (+ float32 rounding) of the float batch: far below a bf16 ulp of the input.
+    Not exact, hence only for ``train.engine=engine``; the source's own uint8/uint16 pixels cannot be
+    shipped instead, because the resize (and, for 16-bit, the clip before it) yields non-integers.
+
+    Args:
+        batch: normalised float32 images ``[B, C, H, W]``.
+        mean, std: ``[C]`` float32 (or one value), the normalisation the samples went through.
+    """
+    if not batch.images.is_floating_point() or batch.wire is not None:
+        raise ValueError(
+            f"quantize_unit: expected a normalised float batch, got dtype {batch.images.dtype}; quantize once"
+        )
+    channels = int(batch.images.shape[1])
+    mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1).expand(channels).clone()
+    std = torch.as_tensor(std, dtype=torch.float32).reshape(-1).expand(channels).clone()
+    unit = batch.images * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)
+    codes = (unit.clamp_(0.0, 1.0) * UINT16_LEVELS).round_().to(torch.int32).to(torch.uint16)
+    wire = WireAffine(scale=1.0 / (UINT16_LEVELS * std.double()).float(), offset=-mean / std)
+    return Batch(images=codes, indices=batch.indices, skipped=batch.skipped, wire=wire)

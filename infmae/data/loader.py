@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .batch import Batch
+from .batch import Batch, quantize_unit
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,25 @@ def collate(samples: Sequence[Sample]) -> Batch:
     )
 
 
+class WireCollate:
+    """:func:`collate`, then :func:`~infmae.data.batch.quantize_unit` (in the worker, so the pinned copy and
+    the transfer carry uint16). A class, not a closure, so DataLoader workers can pickle it.
+
+    Args:
+        mean, std: ``[C]`` float32 normalisation of the dataset's samples (``C`` = in_chans).
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        self.mean = mean.reshape(-1)
+        self.std = std.reshape(-1)
+
+    def __call__(self, samples: Sequence[Sample]) -> Batch:
+        batch = collate(samples)
+        channels = int(batch.images.shape[1])
+        # a gray batch stays 1 channel only when the statistics are equal on every channel (gray_expands)
+        return quantize_unit(batch, self.mean[:channels], self.std[:channels])
+
+
 class ReferenceLoader:
     """Deterministic, resumable, rank-sharded batches from a map-style dataset.
 
@@ -91,6 +110,8 @@ class ReferenceLoader:
         drop_last: drop the last incomplete batch of each rank (default; the trainer's steps count on it).
         rank, world_size: this process's shard.
         pin_memory: pin host batches; ``None`` = when CUDA is available.
+        wire_uint16: ship uint16 codes plus the normalisation affine (``train.wire_uint16``, engine only);
+            needs a dataset with a ``spec`` (:class:`~infmae.data.folder.ImageFolderDataset`).
     """
 
     def __init__(
@@ -103,6 +124,7 @@ class ReferenceLoader:
         rank: int = 0,
         world_size: int = 1,
         pin_memory: bool | None = None,
+        wire_uint16: bool = False,
     ):
         if batch_size <= 0:
             raise ValueError(
@@ -124,6 +146,15 @@ class ReferenceLoader:
         self.world_size = int(world_size)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self._skipped: dict[str, str] = {}
+        self.collate_fn = collate
+        if wire_uint16:
+            spec = getattr(dataset, "spec", None)
+            if spec is None:
+                raise ValueError(
+                    "ReferenceLoader: wire_uint16 needs the dataset's mean/std (a .spec, as ImageFolderDataset "
+                    f"has), got {type(dataset).__name__}; leave wire_uint16 off for this dataset"
+                )
+            self.collate_fn = WireCollate(spec.mean_vector(spec.in_chans), spec.std_vector(spec.in_chans))
         _ = self.steps_per_epoch  # validate the sizes now, not at the first epoch
 
     @property
@@ -188,7 +219,7 @@ class ReferenceLoader:
             self.dataset,
             batch_sampler=batches,
             num_workers=self.num_workers,
-            collate_fn=collate,
+            collate_fn=self.collate_fn,
             pin_memory=self.pin_memory,
             persistent_workers=False,
             # an explicit generator: DataLoader otherwise draws its worker base seed from the global RNG

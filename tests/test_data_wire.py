@@ -1,0 +1,87 @@
+"""The engine's wire format: batches cross to the device as uint16 codes and are normalised there."""
+
+import numpy as np
+import pytest
+import torch
+
+from infmae.data.batch import Batch, quantize_unit
+from infmae.data.folder import ImageFolderDataset
+from infmae.data.loader import ReferenceLoader
+from infmae.data.mapping import apply_range, image_range
+from infmae.data.synthetic import generate_dataset
+from infmae.data.transforms import DEFAULT_MEAN, DEFAULT_STD, AugmentParams, apply_augment
+from tests.tolerances import TOLERANCES
+
+
+def reference_batch(bits: int, channels: int, batch: int = 4, size: int = 32) -> Batch:
+    """Samples as the reference loader makes them: 16-bit percentile mapping, bicubic crop, flip, mean/std."""
+    rng = np.random.default_rng(bits * 10 + channels)
+    dtype = np.uint8 if bits == 8 else np.uint16
+    images = []
+    for i in range(batch):
+        array = rng.integers(0, 256 if bits == 8 else 4096, size=(48, 40, channels)).astype(dtype)
+        lo, hi = image_range(array) if bits == 16 else (0.0, 255.0)
+        params = AugmentParams(top=3, left=5, height=30 + i, width=25, flip=bool(i % 2))
+        crop = array[params.top : params.top + params.height, params.left : params.left + params.width]
+        local = AugmentParams(top=0, left=0, height=params.height, width=params.width, flip=params.flip)
+        images.append(apply_augment(apply_range(crop, lo, hi), local, (size, size), DEFAULT_MEAN, DEFAULT_STD))
+    return Batch(images=torch.stack(images), indices=torch.arange(batch))
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_wire_uint16_decodes_to_the_reference_batch(bits, channels):
+    reference = reference_batch(bits, channels)
+    wire = quantize_unit(reference, torch.tensor(DEFAULT_MEAN), torch.tensor(DEFAULT_STD))
+    assert wire.images.dtype == torch.uint16
+    decoded = wire.to("cpu", torch.float32, channels=3)
+    expected = reference.to("cpu", torch.float32, channels=3)
+    atol, rtol = TOLERANCES[("wire_uint16", torch.float32)]
+    torch.testing.assert_close(decoded.images, expected.images, atol=atol, rtol=rtol)
+    assert torch.equal(decoded.indices, reference.indices)
+
+
+def test_reference_batch_is_unchanged_by_to():
+    reference = reference_batch(16, 1)
+    moved = reference.to("cpu", torch.float32, channels=1)
+    assert torch.equal(moved.images, reference.images)
+
+
+def test_quantize_refuses_an_integer_batch():
+    wire = quantize_unit(reference_batch(8, 1), torch.tensor(DEFAULT_MEAN), torch.tensor(DEFAULT_STD))
+    with pytest.raises(ValueError, match="normalised float batch"):
+        quantize_unit(wire, torch.tensor(DEFAULT_MEAN), torch.tensor(DEFAULT_STD))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_bytes_per_batch_host_to_device(channels):
+    """B=256, 224 px: float32 4 bytes a pixel before, uint16 2 bytes after (same for 8- and 16-bit sources:
+    the wire holds the resized [0, 1] values, not the source's pixels); indices 2,048 bytes; affine 8*C."""
+    float_batch = Batch(images=torch.zeros(256, channels, 224, 224), indices=torch.arange(256))
+    wire = quantize_unit(float_batch, torch.tensor(DEFAULT_MEAN), torch.tensor(DEFAULT_STD))
+    pixels = 256 * channels * 224 * 224
+    assert float_batch.host_to_device_bytes() == 4 * pixels + 2048
+    assert wire.host_to_device_bytes() == 2 * pixels + 2048 + 8 * channels
+
+
+def test_reference_loader_wire_matches_its_float_batches(tmp_path):
+    """The real loader (8- and 16-bit files, 2 workers so the collate is pickled) on the wire format vs
+    the reference: same indices and skips, images within the named tolerance; the reference is untouched."""
+    generate_dataset(tmp_path, 12, seed=3, sizes=[(40, 56), (64, 48)], include_bad=False)
+    dataset = ImageFolderDataset(tmp_path, img_size=(32, 32), in_chans=3, seed=5)
+    reference = list(ReferenceLoader(dataset, batch_size=4, seed=1).iter_epoch(0))
+    wired = list(ReferenceLoader(dataset, batch_size=4, seed=1, num_workers=2, wire_uint16=True).iter_epoch(0))
+    atol, rtol = TOLERANCES[("wire_uint16", torch.float32)]
+    assert len(wired) == len(reference) == 3
+    for float_batch, wire_batch in zip(reference, wired):
+        assert float_batch.images.dtype == torch.float32 and wire_batch.images.dtype == torch.uint16
+        assert torch.equal(float_batch.indices, wire_batch.indices) and float_batch.skipped == wire_batch.skipped
+        decoded = wire_batch.to("cpu", torch.float32, channels=3).images
+        torch.testing.assert_close(
+            decoded, float_batch.to("cpu", torch.float32, channels=3).images, atol=atol, rtol=rtol
+        )
+
+
+def test_wire_needs_the_dataset_statistics():
+    with pytest.raises(ValueError, match="mean/std"):
+        ReferenceLoader([(torch.zeros(1, 4, 4), 0, [])] * 4, batch_size=2, seed=0, wire_uint16=True)
