@@ -10,6 +10,9 @@ from infmae.data.loader import ReferenceLoader
 from infmae.data.mapping import apply_range, image_range
 from infmae.data.synthetic import generate_dataset
 from infmae.data.transforms import DEFAULT_MEAN, DEFAULT_STD, AugmentParams, apply_augment
+from infmae.training.data_setup import build_training_data
+from infmae.training.trainer import Trainer
+from tests.helpers import losses, tiny_model, tiny_run
 from tests.tolerances import TOLERANCES
 
 
@@ -85,3 +88,21 @@ def test_reference_loader_wire_matches_its_float_batches(tmp_path):
 def test_wire_needs_the_dataset_statistics():
     with pytest.raises(ValueError, match="mean/std"):
         ReferenceLoader([(torch.zeros(1, 4, 4), 0, [])] * 4, batch_size=2, seed=0, wire_uint16=True)
+
+
+def test_the_trainer_ships_the_wire_format_when_set(tmp_path):
+    """``train.wire_uint16`` reaches the trainer's loader (its batches are uint16 codes), and a step on them
+    gives the loss of the float batches within what 4e-5 at the input allows."""
+    images = tmp_path / "images"
+    generate_dataset(images, 8, seed=2, include_bad=False)
+    runs = {}
+    for wired in (False, True):
+        config = tiny_run(images, tiny_model(), max_steps=1, wire_uint16=wired)
+        data = build_training_data(config, tmp_path / f"run{int(wired)}", torch.device("cpu"), 0, 1)
+        _, first = next(data.micro_batches({"epoch": 0, "micro_step": 0}, accum_steps=1))
+        assert first.images.dtype == (torch.uint16 if wired else torch.float32)
+        runs[wired] = tmp_path / f"fit{int(wired)}"
+        Trainer(config, runs[wired]).fit()
+    float_loss, wired_loss = losses(runs[False])[0], losses(runs[True])[0]
+    assert wired_loss != float_loss  # the codes are not the float batch: the comparison below means something
+    assert wired_loss == pytest.approx(float_loss, rel=1e-4)

@@ -63,7 +63,7 @@ def build_training_data(
         device_id = (device.index or 0) if device.type == "cuda" else None
         loader = DaliLoader(dataset, **shard, device_id=device_id, num_threads=dc.dali_threads)
     else:
-        loader = ReferenceLoader(dataset, **shard, num_workers=dc.num_workers)
+        loader = ReferenceLoader(dataset, **shard, num_workers=dc.num_workers, wire_uint16=tc.wire_uint16)
     steps_per_epoch = loader.steps_per_epoch // tc.accum_steps
     evaluator = (
         Evaluator(val_dataset, tc.batch_size, dc.num_workers, rank, world_size) if val_dataset is not None else None
