@@ -1,4 +1,4 @@
-"""The engine (issue 16): device-dependent defaults resolved in one place (``resolve_for_device``) and shown by
+"""The engine: device-dependent defaults resolved in one place (``resolve_for_device``) and shown by
 ``infmae config show --device``; channels-last conv stages, the bf16 residual stream and per-block
 ``torch.compile`` equal the eager fp32 reference within the tolerance table; no recompiles after warm-up."""
 

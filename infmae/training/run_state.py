@@ -41,9 +41,9 @@ RESUME_MAY_CHANGE = {
     "reshard_after_forward",
     "activation_checkpointing",
     "compile",
-    "channels_last",  # engine (issue 16): summation order only
-    "cuda_graphs",  # engine (issue 16): the same kernels, replayed
-    "engine",  # engine (issue 16): its effect on results shows in the fields it sets
+    "channels_last",  # engine: summation order only
+    "cuda_graphs",  # engine: the same kernels, replayed
+    "engine",  # engine: its effect on results shows in the fields it sets
     "tensorboard",
     "collective_timeout_s",
     "cpu_threads",

@@ -58,7 +58,7 @@ class Trainer:
     def __init__(
         self, config: Config, run_dir: str | Path, resume: bool | str = False, dist_info: DistInfo | None = None
     ):
-        config = resolve_for_device(config, pick_device(config.train.device).type)  # engine (issue 16)
+        config = resolve_for_device(config, pick_device(config.train.device).type)  # train.engine -> its fields
         self.config = config
         self.run_dir = Path(run_dir)
         tc, dc = config.train, config.data
@@ -138,9 +138,8 @@ class Trainer:
         ``module`` with checkpointing, compile and data parallelism applied, ``parallel.parallelize``)."""
         tc = self.config.train
         torch.manual_seed(tc.seed)
-        self.module = prepare_model(
-            InfMAE(self.config.model).to(self.device), self.config.train, self.device
-        )  # engine (issue 16)
+        # channels-last and bf16 residual where the engine set them (training/engine.py)
+        self.module = prepare_model(InfMAE(self.config.model).to(self.device), tc, self.device)
         self.n_params = sum(p.numel() for p in self.module.parameters() if p.requires_grad)  # before sharding
         self.flops_per_image = self.module.flops_per_image()
         self.mesh = data_parallel_mesh(self.device, self.world_size) if self.distributed else None
@@ -275,7 +274,7 @@ class Trainer:
             for path, reason in batch.skipped:
                 self.skipped.setdefault(path, reason)
             images = batch.to(self.device, torch.float32, channels=self.config.model.in_chans, non_blocking=True).images
-            images = to_model_input(images, tc)  # engine (issue 16)
+            images = to_model_input(images, tc)  # channels-last when the model runs so
             with gradient_sync(self.model, self.parallel, micro == tc.accum_steps - 1):
                 with self.autocast:
                     out = self.model(images)
