@@ -132,7 +132,8 @@ def quantize_unit(batch: Batch, mean: torch.Tensor, std: torch.Tensor) -> Batch:
     The loader's samples are ``(y - mean) / std`` with ``y`` in [0, 1] (clamped after the bicubic resize),
     so ``y`` is recovered, rounded to ``round(y * 65535)`` and shipped as uint16 (2 bytes a pixel instead
     of 4) with ``scale = 1 / (65535 * std)``, ``offset = -mean / std``. Decoding is within
-    ``0.5 / 65535 / std`` (+ float32 rounding) of the float batch: far below a bf16 ulp of the input.
+    ``0.5 / 65535 / std`` (+ float32 rounding) of the float batch: less than bf16's rounding of any input
+    value of magnitude 1/64 or more (half an ulp there is at least 2^-14 = 6.1e-5).
     Not exact, hence only for ``train.engine=engine``; the source's own uint8/uint16 pixels cannot be
     shipped instead, because the resize (and, for 16-bit, the clip before it) yields non-integers.
 
