@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from infmae.config import DataConfig
 from infmae.data.catalogue import Catalogue
@@ -35,6 +36,37 @@ def test_the_spec_from_the_config_is_the_spec_of_the_dataset_defaults():
     with pytest.raises(dataclasses.FrozenInstanceError):
         from_config.seed = 8
     assert from_config.eval_view().crop == "centre" and from_config.crop == "random"
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "channels"),
+    [(0.425, 0.2, 1), ((0.425,) * 3, (0.2,) * 3, 1), ((0.4, 0.5, 0.6), (0.2, 0.2, 0.25), 3)],
+)
+def test_gray_images_take_the_statistics_the_spec_gives_them(folder, mean, std, channels):
+    """A gray sample for a 3-channel model stays one channel when the statistics are equal on every channel
+    (written once or three times) and is repeated before normalising when they differ; each channel is
+    normalised by its own mean and std."""
+    dataset = ImageFolderDataset(folder, img_size=(16, 16), in_chans=3, seed=0, mean=mean, std=std, crop="centre")
+    sample = dataset[2][0]  # a flat image of value 80/255
+    assert sample.shape == (channels, 16, 16)
+    spec_mean, spec_std = dataset.spec.normalisation(channels)
+    expected = (80 / 255 - np.array(spec_mean)) / np.array(spec_std)
+    np.testing.assert_allclose(sample.mean(dim=(1, 2)).numpy(), expected, rtol=1e-5)
+
+
+def test_the_preview_is_the_validation_view(folder):
+    """``infmae visualize`` feeds the model what validation does: the same crop, mapping and statistics,
+    repeated to the model's channels."""
+    from infmae.config import Config, ModelConfig
+    from infmae.data.preview import preview_tensor
+
+    # 41 x 20 for a 2:1 model: the validation crop is 40 x 20 (the former preview rule kept 41 x 20)
+    write_image(folder / "tall.png", np.random.default_rng(1).integers(0, 255, (41, 20), dtype=np.uint8))
+    config = Config(model=ModelConfig(img_size=(64, 32)), data=DataConfig(mean=0.4, std=0.3))
+    spec = SampleSpec.from_config(config.data, (64, 32), 3, seed=0).eval_view()
+    dataset = ImageFolderDataset(folder, spec)
+    index = next(i for i in range(len(dataset)) if dataset.path(i).name == "tall.png")
+    assert torch.equal(preview_tensor(folder / "tall.png", config), dataset[index][0].expand(3, -1, -1))
 
 
 def test_the_mapping_is_one_validated_value():

@@ -44,10 +44,15 @@ def test_wire_uint16_decodes_to_the_reference_batch(bits, channels):
     assert torch.equal(decoded.indices, reference.indices)
 
 
-def test_reference_batch_is_unchanged_by_to():
-    reference = reference_batch(16, 1)
-    moved = reference.to("cpu", torch.float32, channels=1)
-    assert torch.equal(moved.images, reference.images)
+def test_a_wire_batch_arrives_as_float_images_of_the_asked_dtype():
+    """``to`` decodes: the result carries no wire, has the requested dtype (float32 when none is asked),
+    and a gray wire batch is repeated to the model's channels like a float one."""
+    wire = quantize_unit(reference_batch(16, 1), torch.tensor(DEFAULT_MEAN), torch.tensor(DEFAULT_STD))
+    as_bf16 = wire.to("cpu", torch.bfloat16, channels=3)
+    assert (as_bf16.wire, as_bf16.images.dtype, tuple(as_bf16.images.shape)) == (None, torch.bfloat16, (4, 3, 32, 32))
+    kept = wire.to("cpu")
+    assert (kept.wire, kept.images.dtype) == (None, torch.float32)
+    torch.testing.assert_close(as_bf16.images[:, :1].float(), kept.images, atol=2e-2, rtol=0)  # bf16 of the same
 
 
 def test_quantize_refuses_an_integer_batch():
@@ -63,8 +68,9 @@ def test_bytes_per_batch_host_to_device(channels):
     float_batch = Batch(images=torch.zeros(256, channels, 224, 224), indices=torch.arange(256))
     wire = quantize_unit(float_batch, torch.tensor(DEFAULT_MEAN), torch.tensor(DEFAULT_STD))
     pixels = 256 * channels * 224 * 224
-    assert float_batch.host_to_device_bytes() == 4 * pixels + 2048
-    assert wire.host_to_device_bytes() == 2 * pixels + 2048 + 8 * channels
+    assert float_batch.images.nbytes + float_batch.indices.nbytes == 4 * pixels + 2048
+    affine = wire.wire.scale.nbytes + wire.wire.offset.nbytes
+    assert wire.images.nbytes + wire.indices.nbytes + affine == 2 * pixels + 2048 + 8 * channels
 
 
 def test_reference_loader_wire_matches_its_float_batches(tmp_path):

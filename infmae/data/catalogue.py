@@ -110,7 +110,7 @@ class Catalogue:
         max_substitutions: int = 16,
     ):
         if max_substitutions < 1:
-            raise ValueError(f"ImageFolderDataset: expected max_substitutions >= 1, got {max_substitutions}; e.g. 16")
+            raise ValueError(f"Catalogue: expected max_substitutions >= 1, got {max_substitutions}; e.g. 16")
         self.root_dir = Path(root_dir)
         self.source = source
         self.packed = packed
@@ -138,10 +138,9 @@ class Catalogue:
         """The catalogue of ``root``: a folder, a ``.csv`` manifest or a pack folder (module docstring)."""
         root = Path(root)
         if base is not None and root.is_dir():
-            kind = "pack" if root.is_dir() and is_pack(root) else "folder"
+            kind = "pack" if is_pack(root) else "folder"
             raise ValueError(
-                f"ImageFolderDataset: expected base only with a .csv manifest, got base={base} for {kind} {root}; "
-                "drop base"
+                f"Catalogue: expected base only with a .csv manifest, got base={base} for {kind} {root}; drop base"
             )
         if root.is_file() and root.suffix.lower() == ".csv":
             root_dir = Path(base) if base is not None else manifest_base(root)

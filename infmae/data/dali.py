@@ -388,8 +388,7 @@ class DaliLoader(ReferenceLoader):
         self.decode_rgb = any_colour
         self.channels = channels
         self._average_colour = any_colour and channels == 1
-        self._mean = tuple(spec.mean_vector(channels).flatten().tolist())
-        self._std = tuple(spec.std_vector(channels).flatten().tolist())
+        self._mean, self._std = spec.normalisation(channels)
         logger.info(
             "DALI loader: %s source, %s, %d threads, %s decode, %d channel(s) out%s",
             self.source,

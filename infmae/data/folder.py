@@ -29,16 +29,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .catalogue import Catalogue, scan_folder
+from .catalogue import Catalogue
 from .io import ImageReadError, read_image
-from .mapping import apply_range
 from .packed import PackedReader
 from .spec import SampleSpec
-from .transforms import AugmentParams, apply_augment
+from .transforms import AugmentParams
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageFolderDataset", "scan_folder"]
+__all__ = ["ImageFolderDataset"]
 
 
 class ImageFolderDataset(Dataset):
@@ -85,7 +84,6 @@ class ImageFolderDataset(Dataset):
         elif sample:
             raise TypeError(f"ImageFolderDataset: expected spec or its fields, got both (spec and {sorted(sample)})")
         self.spec = spec
-        self._gray_expands = spec.gray_expands  # per sample below, so worked out once
         self.epoch = 0
         if isinstance(root, Catalogue):
             self.catalogue = root
@@ -196,18 +194,7 @@ class ImageFolderDataset(Dataset):
         The 16-bit range comes from the whole image; only the crop is then mapped, resized (bicubic,
         antialiased), flipped and normalised. Returns ``[C', H_out, W_out]`` float32 (see the class doc).
         """
-        height, width, channels = array.shape
-        spec = self.spec
-        params = self.augment_params(index, height, width)
-        lo, hi = spec.mapping.range(array)
-        crop = array[params.top : params.top + params.height, params.left : params.left + params.width]
-        img01 = apply_range(crop, lo, hi)  # [C, h, w]
-        if channels == 3 and spec.in_chans == 1:
-            img01 = img01.mean(dim=0, keepdim=True)
-        elif channels == 1 and spec.in_chans > 1 and self._gray_expands:
-            img01 = img01.expand(spec.in_chans, -1, -1)
-        local = AugmentParams(top=0, left=0, height=params.height, width=params.width, flip=params.flip)
-        return apply_augment(img01, local, spec.img_size, spec.mean, spec.std)
+        return self.spec.transform(array, self.augment_params(index, array.shape[0], array.shape[1]))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, list[tuple[str, str]]]:
         n = len(self)

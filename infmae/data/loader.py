@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .batch import Batch, quantize_unit
+from .spec import SampleSpec
 
 logger = logging.getLogger(__name__)
 
@@ -85,18 +86,15 @@ class WireCollate:
     the transfer carry uint16). A class, not a closure, so DataLoader workers can pickle it.
 
     Args:
-        mean, std: ``[C]`` float32 normalisation of the dataset's samples (``C`` = in_chans).
+        spec: the :class:`~infmae.data.spec.SampleSpec` the samples were made by (their mean/std).
     """
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
-        self.mean = mean.reshape(-1)
-        self.std = std.reshape(-1)
+    def __init__(self, spec: SampleSpec):
+        self.spec = spec
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         batch = collate(samples)
-        channels = int(batch.images.shape[1])
-        # a gray batch stays 1 channel only when the statistics are equal on every channel (gray_expands)
-        return quantize_unit(batch, self.mean[:channels], self.std[:channels])
+        return quantize_unit(batch, *self.spec.normalisation(int(batch.images.shape[1])))
 
 
 class ReferenceLoader:
@@ -154,7 +152,7 @@ class ReferenceLoader:
                     "ReferenceLoader: wire_uint16 needs the dataset's mean/std (a .spec, as ImageFolderDataset "
                     f"has), got {type(dataset).__name__}; leave wire_uint16 off for this dataset"
                 )
-            self.collate_fn = WireCollate(spec.mean_vector(spec.in_chans), spec.std_vector(spec.in_chans))
+            self.collate_fn = WireCollate(spec)
         _ = self.steps_per_epoch  # validate the sizes now, not at the first epoch
 
     @property

@@ -95,7 +95,7 @@ def manifest_base(manifest: Path) -> Path:
             source = json.loads(info.read_text()).get("source")
         except (OSError, ValueError) as exc:
             raise ValueError(
-                f"ImageFolderDataset: expected {info} to be JSON written by `infmae curate`, got an unreadable file "
+                f"manifest: expected {info} to be JSON written by `infmae curate`, got an unreadable file "
                 f"({exc}); re-run curate or pass base"
             ) from None
         if source:
@@ -143,7 +143,7 @@ def read_kept_rows(
         missing = [c for c in MANIFEST_REQUIRED_COLUMNS if c not in columns]
         if missing:
             raise ValueError(
-                f"ImageFolderDataset: expected manifest columns {MANIFEST_REQUIRED_COLUMNS}, got {columns} in "
+                f"manifest: expected manifest columns {MANIFEST_REQUIRED_COLUMNS}, got {columns} in "
                 f"{manifest}; write it with `infmae curate SRC -o OUT`"
             )
         dropped_rows = outside = 0

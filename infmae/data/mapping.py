@@ -51,9 +51,10 @@ def _check_array(op: str, array: np.ndarray) -> None:
 @dataclass(frozen=True)
 class SixteenBitMapping:
     """The 16-bit to [0, 1] rule as one value (the module docstring): ``mode`` and, for ``"percentile"``,
-    the ``low``/``high`` percentiles. Its defaults are the only place the default rule is written; a
-    loader, a pack and a preview each hold one of these instead of three loose arguments
-    (``data.sixteen_bit_mode``, ``data.low_percentile``, ``data.high_percentile``)."""
+    the ``low``/``high`` percentiles. Its defaults are the data wing's default rule (``DataConfig`` writes
+    the same numbers: a test holds them equal); a loader, a pack and a preview each hold one of these
+    instead of three loose arguments (``data.sixteen_bit_mode``, ``data.low_percentile``,
+    ``data.high_percentile``)."""
 
     mode: str = "percentile"
     low: float = 0.5
@@ -62,20 +63,20 @@ class SixteenBitMapping:
     def __post_init__(self) -> None:
         if self.mode not in SIXTEEN_BIT_MODES:
             raise ValueError(
-                f"sixteen_bit_mode: expected mode in {SIXTEEN_BIT_MODES}, got {self.mode!r}; the default is "
-                "'percentile'"
+                f"SixteenBitMapping: expected mode in {SIXTEEN_BIT_MODES}, got {self.mode!r}; the default is "
+                "'percentile' (data.sixteen_bit_mode)"
             )
         if not (0.0 <= self.low < self.high <= 100.0):
             raise ValueError(
-                f"sixteen_bit_mode: expected 0 <= low < high <= 100, got low={self.low}, high={self.high}; the "
-                "default is 0.5, 99.5"
+                f"SixteenBitMapping: expected 0 <= low < high <= 100, got low={self.low}, high={self.high}; the "
+                "default is 0.5, 99.5 (data.low_percentile, data.high_percentile)"
             )
         object.__setattr__(self, "low", float(self.low))
         object.__setattr__(self, "high", float(self.high))
 
     def range(self, array: np.ndarray) -> tuple[float, float]:
         """:func:`image_range` under this rule."""
-        return _image_range("image_range", array, self)
+        return _image_range(array, self)
 
     def ranges_torch(self, images: list[torch.Tensor]) -> list[tuple[float, float]]:
         """:func:`image_ranges_torch` under this rule."""
@@ -139,11 +140,11 @@ def image_range(
         ``(lo, hi)`` as Python floats; ``(0.0, 255.0)`` for uint8. ``hi <= lo`` only for a flat image
         (every pixel equal), which :func:`apply_range` maps to zeros.
     """
-    return _image_range("image_range", array, SixteenBitMapping(mode, low, high))
+    return _image_range(array, SixteenBitMapping(mode, low, high))
 
 
-def _image_range(op: str, array: np.ndarray, mapping: SixteenBitMapping) -> tuple[float, float]:
-    _check_array(op, array)
+def _image_range(array: np.ndarray, mapping: SixteenBitMapping) -> tuple[float, float]:
+    _check_array("image_range", array)
     if array.dtype == np.uint8:
         return 0.0, 255.0
     if mapping.mode == "full":
@@ -269,6 +270,11 @@ def _image_ranges_torch(images: list[torch.Tensor], mapping: SixteenBitMapping) 
     return out
 
 
-def image_range_torch(x: torch.Tensor, *rule) -> tuple[float, float]:
-    """:func:`image_ranges_torch` of one image; ``rule``: its ``mode, low, high``."""
-    return image_ranges_torch([x], *rule)[0]
+def image_range_torch(
+    x: torch.Tensor,
+    mode: str = DEFAULT_MAPPING.mode,
+    low: float = DEFAULT_MAPPING.low,
+    high: float = DEFAULT_MAPPING.high,
+) -> tuple[float, float]:
+    """:func:`image_ranges_torch` of one image."""
+    return image_ranges_torch([x], mode, low, high)[0]

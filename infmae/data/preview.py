@@ -1,5 +1,6 @@
-"""Deterministic model input for looking at images (``infmae visualize``): the largest centred crop of the
-training aspect ratio, resized bicubically to the training size, normalised; no random augmentation."""
+"""Deterministic model input for looking at images (``infmae visualize``): the validation view of the
+training sample spec (the largest centred crop of the training aspect ratio, resized bicubically to the
+training size, normalised; no random augmentation), so a picture shows what evaluation sees."""
 
 from __future__ import annotations
 
@@ -10,32 +11,17 @@ import torch
 
 from infmae.config import Config
 from infmae.data.io import ImageReadError, read_image
-from infmae.data.mapping import SixteenBitMapping
-from infmae.data.transforms import normalize, resized_crop
+from infmae.data.spec import SampleSpec
 
 log = logging.getLogger(__name__)
 
 
-def center_crop_box(height: int, width: int, target_hw: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(top, left, h, w) of the largest centred window with the aspect ratio of ``target_hw``."""
-    target_ratio = target_hw[1] / target_hw[0]
-    h, w = height, round(height * target_ratio)
-    if w > width:
-        h, w = round(width / target_ratio), width
-    h, w = max(1, min(h, height)), max(1, min(w, width))
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
 def preview_tensor(path: str | Path, config: Config) -> torch.Tensor:
     """One image file -> [C,H,W] normalised model input (raises ImageReadError)."""
-    dc, mc = config.data, config.model
-    img01 = SixteenBitMapping(dc.sixteen_bit_mode, dc.low_percentile, dc.high_percentile).to_unit_float(
-        read_image(path)
-    )
-    if mc.in_chans == 1 and img01.shape[0] == 3:
-        img01 = img01.mean(dim=0, keepdim=True)
-    top, left, h, w = center_crop_box(img01.shape[1], img01.shape[2], mc.img_size)
-    x = normalize(resized_crop(img01, top, left, h, w, mc.img_size), dc.mean, dc.std)
+    mc = config.model
+    spec = SampleSpec.from_config(config.data, mc.img_size, mc.in_chans, seed=0).eval_view()
+    array = read_image(path)
+    x = spec.transform(array, spec.augment_params(0, array.shape[0], array.shape[1], epoch=0))
     return x.expand(mc.in_chans, -1, -1) if x.shape[0] == 1 else x
 
 

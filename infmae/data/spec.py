@@ -13,18 +13,21 @@ normalised by ``mean``/``std``. The crop and flip are a pure function of (spec, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from .mapping import DEFAULT_MAPPING, SixteenBitMapping
+from .mapping import DEFAULT_MAPPING, SixteenBitMapping, apply_range
 from .transforms import (
     DEFAULT_MEAN,
     DEFAULT_RATIO,
     DEFAULT_SCALE,
     DEFAULT_STD,
     AugmentParams,
+    apply_augment,
     channel_vector,
     sample_augment,
     sample_seed,
@@ -61,11 +64,9 @@ class SampleSpec:
     def __post_init__(self) -> None:
         img_size = tuple(self.img_size)
         if len(img_size) != 2 or min(int(s) for s in img_size) <= 0:
-            raise ValueError(f"ImageFolderDataset: expected img_size as (H, W) > 0, got {img_size}; e.g. (224, 224)")
+            raise ValueError(f"SampleSpec: expected img_size as (H, W) > 0, got {img_size}; e.g. (224, 224)")
         if self.in_chans not in (1, 3):
-            raise ValueError(
-                f"ImageFolderDataset: expected in_chans 1 or 3, got {self.in_chans}; the released model uses 3"
-            )
+            raise ValueError(f"SampleSpec: expected in_chans 1 or 3, got {self.in_chans}; the released model uses 3")
         if self.crop not in CROP_RULES:
             raise ValueError(f"SampleSpec: expected crop in {CROP_RULES}, got {self.crop!r}; 'random' for training")
         if not isinstance(self.mapping, SixteenBitMapping):
@@ -124,18 +125,46 @@ class SampleSpec:
 
     def mean_vector(self, channels: int) -> torch.Tensor:
         """``[channels, 1, 1]`` float32 normalisation mean."""
-        return channel_vector("ImageFolderDataset", "mean", self.mean, channels)
+        return channel_vector("SampleSpec", "mean", self.mean, channels)
 
     def std_vector(self, channels: int) -> torch.Tensor:
         """``[channels, 1, 1]`` float32 normalisation std."""
-        return channel_vector("ImageFolderDataset", "std", self.std, channels)
+        return channel_vector("SampleSpec", "std", self.std, channels)
 
-    @property
+    @functools.cached_property
+    def _statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per model channel, ``in_chans`` floats each (worked out once: used per sample)."""
+        mean = self.mean_vector(self.in_chans).flatten().tolist()
+        return tuple(mean), tuple(self.std_vector(self.in_chans).flatten().tolist())
+
+    def normalisation(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) of a sample with ``channels`` channels: ``in_chans``, or 1 for a gray sample that stays
+        gray (:attr:`gray_expands` False: the statistics are equal on every channel, so the first serves)."""
+        mean, std = self._statistics
+        return mean[:channels], std[:channels]
+
+    @functools.cached_property
     def gray_expands(self) -> bool:
         """Whether a gray image must be repeated to ``in_chans`` before normalising: per-channel statistics
         that differ (with equal ones, one normalised channel repeated on the device is the same)."""
-        mean_c, std_c = self.mean_vector(self.in_chans), self.std_vector(self.in_chans)
-        return bool((mean_c != mean_c[0]).any() or (std_c != std_c[0]).any())
+        mean, std = self._statistics
+        return len(set(mean)) > 1 or len(set(std)) > 1
+
+    def transform(self, array: np.ndarray, params: AugmentParams) -> torch.Tensor:
+        """Decoded ``[H, W, C]`` uint8/uint16 pixels -> the sample ``[C', out_h, out_w]`` float32 under the crop
+        and flip ``params`` (:meth:`augment_params`). The 16-bit range comes from the whole image; only the
+        crop is then mapped, resized (bicubic, antialiased), flipped and normalised. ``C'`` is ``in_chans``,
+        or 1 for gray pixels when :attr:`gray_expands` is False (the loaders repeat it on the device)."""
+        lo, hi = self.mapping.range(array)
+        crop = array[params.top : params.top + params.height, params.left : params.left + params.width]
+        img01 = apply_range(crop, lo, hi)  # [C, h, w]
+        if img01.shape[0] == 3 and self.in_chans == 1:
+            img01 = img01.mean(dim=0, keepdim=True)
+        elif img01.shape[0] == 1 and self.in_chans > 1 and self.gray_expands:
+            img01 = img01.expand(self.in_chans, -1, -1)
+        mean, std = self.normalisation(img01.shape[0])
+        local = AugmentParams(top=0, left=0, height=params.height, width=params.width, flip=params.flip)
+        return apply_augment(img01, local, self.img_size, mean, std)
 
     def augment_params(self, index: int, height: int, width: int, epoch: int) -> AugmentParams:
         """The crop and flip of sample ``index`` of ``epoch`` on an ``height x width`` image."""
