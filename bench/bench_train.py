@@ -3,10 +3,15 @@ one run, at several batch sizes, for these variants:
 
 - ``reference``: the eager reference model in plain PyTorch (bf16 autocast on GPU, reference kernels,
   dense encoder, foreach AdamW);
-- ``engine``: Triton kernels where they run, the sparse encoder, per-block ``torch.compile`` (as
-  ``train.compile``: ``infmae.training.parallel.apply_compile``), fused AdamW;
-- ``engine_nocompile``: the engine without ``torch.compile`` (what the compile adds);
+- ``engine_default``: what ``infmae pretrain`` runs with ``train.engine=engine`` on this device (on CUDA
+  the default of every preset): ``infmae.config.resolve_for_device``'s fields applied by the trainer's own
+  ``infmae.training.engine`` (per-block compile with its modes and static shapes, channels-last, bf16
+  residual, Triton kernels, the default encoder ``DEFAULT_ENCODER``), fused AdamW;
+- ``engine``: the same with the sparse encoder (what ``DEFAULT_ENCODER = "sparse"`` would run);
+- ``engine_nocompile``: ``engine`` without ``torch.compile`` (what the compile adds);
+- ``engine_cuda_graphs``: ``engine_default`` with ``train.cuda_graphs`` (compile mode ``reduce-overhead``);
 
+(the loader's uint16 wire format is not part of a compute-only step)
 on two inputs:
 
 - ``synthetic``: one fixed on-device batch (compute only: no data loading);
@@ -15,7 +20,7 @@ on two inputs:
   the images/s show whether the input keeps up with the step (compare with the ``synthetic`` row).
 
     python -m bench.bench_train                      # GPU: 224 px base model, B = 64, 128, 256
-    python -m bench.bench_train --input synthetic --variants reference,engine,engine_nocompile
+    python -m bench.bench_train --input synthetic --variants reference,engine_default,engine,engine_nocompile
     python -m bench.bench_train --quick              # CPU smoke run: demo-size model, tiny batches
 
 Compiles: dynamo is reset for every (variant, batch size), so earlier shapes cannot use up the recompile
@@ -41,7 +46,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -55,26 +59,50 @@ from bench.harness import (
     time_ms,
     write_results,
 )
-from infmae.config import ModelConfig, TrainConfig, preset
+from infmae.config import Config, ModelConfig, TrainConfig, preset, resolve_for_device
 from infmae.model.infmae import InfMAE
+from infmae.training.engine import compile_options, prepare_model, to_model_input
+from infmae.training.hardware import autocast_for
 from infmae.training.optim import build_optimizer
 from infmae.training.parallel import apply_compile, parallelize
 from kernels import host_sync_guards_off
 
 log = logging.getLogger("bench_train")
 
-VARIANTS = ("reference", "engine", "engine_nocompile")
+VARIANTS = ("reference", "engine_default", "engine", "engine_nocompile", "engine_cuda_graphs")
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1" and not torch.cuda.is_available()
 
 
 def engine_model_config(base: ModelConfig, engine: bool) -> ModelConfig:
     """The reference: twin kernels, dense encoder. The engine: the Triton kernels (``auto``: where CUDA is;
     ``triton`` under the CPU interpreter, so a dry run runs them too) and the sparse encoder."""
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1" and not torch.cuda.is_available()
-    changes = {"kernels": ("triton" if interpreted else "auto") if engine else "reference"}
+    changes = {"kernels": ("triton" if _interpreted() else "auto") if engine else "reference"}
     if "encoder" in fields:  # the sparse encoder, where this tree has it
         changes["encoder"] = "sparse" if engine else "dense"
     return dataclasses.replace(base, **changes)
+
+
+def variant_configs(variant: str, base: ModelConfig, device: torch.device) -> tuple[ModelConfig, TrainConfig | None]:
+    """The model fields and the resolved train fields (None: the reference, set up by hand) of ``variant``.
+    The engine variants are a run with ``train.engine=engine`` on ``device`` (the Triton kernels under the
+    CPU interpreter too, so a dry run runs them); ``engine`` and ``engine_nocompile`` with the sparse encoder."""
+    if variant == "reference":
+        return engine_model_config(base, engine=False), None
+    resolved = resolve_for_device(Config(model=base, train=TrainConfig(engine="engine")), device.type)
+    model, train = resolved.model, resolved.train
+    if _interpreted():
+        model = dataclasses.replace(model, kernels="triton")
+    if variant in ("engine", "engine_nocompile"):
+        model = dataclasses.replace(model, encoder="sparse")
+    if variant == "engine_nocompile":
+        train = dataclasses.replace(train, compile=False)
+    if variant == "engine_cuda_graphs":
+        train = dataclasses.replace(train, cuda_graphs=True)
+    return model, train
 
 
 def dali_images(data: Path, model_config: ModelConfig, batch: int, device: torch.device, threads: int):
@@ -115,26 +143,35 @@ def build_step(
     batch: int,
     next_images=None,
     compile_backend: str | None = None,
+    train: TrainConfig | None = None,
 ):
     """-> (model, step): one training step on a fixed synthetic batch, or on ``next_images()`` per step.
-    ``compile_backend``: compile each block with it (the trainer's ``train.compile`` uses inductor)."""
+    ``compile_backend``: compile each block with it (the trainer's ``train.compile`` uses inductor).
+    ``train``: a resolved engine configuration (``engine_default``), applied as the trainer applies it."""
     torch.manual_seed(0)
     model = InfMAE(model_config).to(device)
-    train = TrainConfig()
+    options = {}
+    if train is None:  # bf16 autocast on a GPU, fp32 on the CPU, the model as built
+        train = TrainConfig(precision="bf16")
+    else:  # as the trainer applies a resolved configuration
+        model = prepare_model(model, train, device)
+        options = compile_options(train, device.type)
+        if compile_backend != "inductor":
+            options.pop("mode")  # a mode is inductor's (the dry run compiles with aot_eager)
     model = parallelize(model, dataclasses.replace(train, compile=False), None, device)
     if compile_backend:
-        apply_compile(model, backend=compile_backend)  # what parallelize does for train.compile=true
+        apply_compile(model, backend=compile_backend, **options)  # what parallelize does for train.compile=true
     if device.type == "cuda" and not engine:  # the reference: plain foreach AdamW
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, foreach=True)
     else:
         optimizer = build_optimizer(model, train, 1e-4, device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    autocast = autocast_for(device, train.precision)
     generator = torch.Generator(device=device).manual_seed(1)
     images = torch.randn(batch, model_config.in_chans, *model_config.img_size, device=device, generator=generator)
 
     def step():
         with autocast:
-            loss = model(images if next_images is None else next_images()).loss
+            loss = model(to_model_input(images if next_images is None else next_images(), train)).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -158,11 +195,12 @@ def measure(
     then ``reps`` timed steps in which nothing may compile -> the result row. Raises ``CompileFallback``
     when the compiled step would not be the compiled code's."""
     engine = variant != "reference"
-    config = engine_model_config(base, engine=engine)
-    backend = compile_backend if variant == "engine" else None
+    config, train = variant_configs(variant, base, device)
+    backend = compile_backend if train is not None and train.compile else None
+    cudnn_benchmark = torch.backends.cudnn.benchmark  # the engine turns it on; the next variant starts as set
     with CompileWatch(f"bench_train {variant} B={batch}") as watch, host_sync_guards_off():
         next_images = make_next_images(config) if make_next_images else None
-        model, step = build_step(config, engine, device, batch, next_images, backend)
+        model, step = build_step(config, engine, device, batch, next_images, backend, train)
         start = time.perf_counter()
         step()
         if device.type == "cuda":
@@ -175,6 +213,7 @@ def measure(
         compile_stats = watch.stats()
         model_flops = 3 * model.flops_per_image()
         executed_flops = 3 * model.executed_flops_per_image()
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     img_per_s = batch / (timing["median_ms"] / 1e3)
     peak = peak_tflops(device)
     row = {
@@ -277,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default=None, help="comma-separated (default 64,128,256; --quick 4,8)")
     parser.add_argument("--quick", action="store_true", help="the demo model at small batches (CPU smoke run)")
     parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--variants", default="reference,engine", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants", default="reference,engine_default,engine", help=f"comma-separated, of {', '.join(VARIANTS)}"
+    )
     parser.add_argument(
         "--backend",
         default=None,

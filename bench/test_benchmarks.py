@@ -62,10 +62,12 @@ def test_kernel(benchmark, case, implementation, direction, device, backend):
 def test_train_step(benchmark, variant, device, backend, train_batch):
     base = preset("paper_base" if device.type == "cuda" else "demo").model
     engine = variant != "reference"
-    config = bench_train.engine_model_config(base, engine=engine)
-    compile_backend = backend if variant == "engine" else None
+    config, train = bench_train.variant_configs(variant, base, device)
+    compile_backend = backend if train is not None and train.compile else None
     with CompileWatch(f"train step {variant} B={train_batch}") as watch, host_sync_guards_off():
-        model, step = bench_train.build_step(config, engine, device, train_batch, compile_backend=compile_backend)
+        model, step = bench_train.build_step(
+            config, engine, device, train_batch, compile_backend=compile_backend, train=train
+        )
         for _ in range(3 if device.type == "cuda" else 1):  # compiles, then warms up
             step()
         with watch.timing():

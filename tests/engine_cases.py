@@ -1,4 +1,6 @@
-"""Shared set-up of the engine tests and the op-count benchmark: the demo preset's model sizes, a step."""
+"""Shared set-up of the engine tests: the demo preset's model sizes, its images, a step (the op-count
+benchmark, bench/bench_op_count.py, builds the same demo model and images on its own: bench/ imports no
+test code)."""
 
 import torch
 

@@ -51,8 +51,10 @@ def test_quick_dry_run_end_to_end(tmp_path):
     }
     rows = data["results"]
     train = {row["variant"]: row for row in rows if row["part"] == "train"}
-    assert set(train) == {"reference", "engine_nocompile", "engine"}
+    assert set(train) == {"reference", "engine_nocompile", "engine", "engine_default"}
     assert train["engine"]["compiled_graphs"] > 0 and train["engine_nocompile"]["compiled_graphs"] == 0
+    # the default engine as a run sets it up on this device: compiled, the default (dense) encoder
+    assert train["engine_default"]["compiled_graphs"] > 0 and train["engine_default"]["encoder"] == "dense"
     assert all(row["compiles_while_timing"] == 0 and row["graph_breaks"] == 0 for row in train.values())
     assert train["engine"]["kernels"] == "triton" and train["engine"]["encoder"] == "sparse"  # the interpreter ran
     assert train["engine"]["executed_gflops_per_image"] < train["engine"]["model_gflops_per_image"]

@@ -112,7 +112,9 @@ def test_channels_last_step_equals_the_reference(encoder):
     and gradients; its state dict loads into the reference model strictly and unchanged."""
     reference, engine_model = demo_model(encoder), demo_model(encoder)
     prepare_model(engine_model, TrainConfig(engine="engine", channels_last=True), torch.device("cpu"))
-    assert engine_model.blocks1[0].attn.weight.is_contiguous(memory_format=torch.channels_last)
+    # NHWC weights for the dense stages' convs; the sparse encoder runs no conv on a map and keeps them
+    nhwc = engine_model.patch_embed1.proj.weight.is_contiguous(memory_format=torch.channels_last)
+    assert nhwc == (encoder == "dense")
     imgs = images(4, seed=1)
     loss, grads = step_grads(reference, imgs)
     engine_imgs = to_model_input(imgs, TrainConfig(channels_last=True))
@@ -142,17 +144,20 @@ def test_bf16_engine_stages_equal_the_reference_within_bf16(encoder):
     """Under bf16 autocast with channels-last stages and the bf16 residual stream, the latent is within the
     bf16 tolerance of the fp32 reference; the masking (fp32 score and sort) is identical."""
     reference, engine_model = demo_model(encoder), demo_model(encoder)
-    engine_model.to(memory_format=torch.channels_last)
-    engine_model.residual_dtype = torch.bfloat16
+    engine = TrainConfig(engine="engine", channels_last=True, precision="bf16", bf16_residual=True)
+    prepare_model(engine_model, engine, torch.device("cpu"))
+    engine_model.residual_dtype = torch.bfloat16  # prepare_model sets it on CUDA only
+    # the stage inputs pass through `residual` (2: stages 1 and 2), in either encoder, and come out bf16
+    # (on the CPU autocast's LayerNorm returns bf16 anyway, so the dtype of a block's output proves nothing)
+    stage_inputs = []
+    original = engine_model.residual
+    engine_model.residual = lambda x: stage_inputs.append(original(x.float())) or stage_inputs[-1]
     imgs = images(4, seed=2)
     with torch.no_grad():
         latent, masking = reference.forward_encoder(imgs)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            engine_latent, engine_masking = engine_model.forward_encoder(
-                to_model_input(imgs, TrainConfig(channels_last=True))
-            )
-            stream = engine_model.blocks1[0](engine_model._residual(engine_model.patch_embed1(imgs.float())))
-    assert stream.dtype == torch.bfloat16  # the residual stream of the conv stages
+            engine_latent, engine_masking = engine_model.forward_encoder(to_model_input(imgs, engine))
+    assert [x.dtype for x in stage_inputs] == [torch.bfloat16, torch.bfloat16]
     for got, expected in zip(engine_masking, masking):
         assert torch.equal(got, expected)
     torch.testing.assert_close(engine_latent.float(), latent, **tol("engine_bf16_latent", torch.bfloat16))
@@ -169,16 +174,19 @@ def test_residual_dtype_changes_nothing_without_autocast():
 @pytest.mark.slow  # inductor compiles 4 block graphs forward and backward: ~45 s on a 2-core CPU
 @pytest.mark.parametrize("encoder", ["dense", "sparse"])
 def test_compiled_step_equals_eager_and_never_recompiles(encoder):
-    """Per-block torch.compile (the engine's options, inductor on the CPU) vs the eager step: loss and every
-    gradient within the table; then 20 steps on different images compile nothing new (dynamo counters)."""
+    """The engine's CPU model (channels-last where it applies, per-block torch.compile with the engine's
+    options, inductor) vs the eager reference step: loss and every gradient within the table; then 20 steps
+    on different images compile nothing new (dynamo counters)."""
     torch._dynamo.reset()
     from torch._dynamo.utils import counters
 
+    engine = TrainConfig(engine="engine", compile=True, channels_last=True)  # resolve_for_device's CPU engine
     eager, compiled = demo_model(encoder), demo_model(encoder)
-    apply_compile(compiled, **compile_options(TrainConfig(), "cpu"))
+    prepare_model(compiled, engine, torch.device("cpu"))
+    apply_compile(compiled, **compile_options(engine, "cpu"))
     imgs = images(4, seed=4)
     loss, grads = step_grads(eager, imgs)
-    compiled_loss, compiled_grads = step_grads(compiled, imgs)
+    compiled_loss, compiled_grads = step_grads(compiled, to_model_input(imgs, engine))
     torch.testing.assert_close(compiled_loss, loss, **tol("compiled_step_loss"))
     _assert_grads_close(compiled_grads, grads, "compiled_step_grad")
 
@@ -186,7 +194,7 @@ def test_compiled_step_equals_eager_and_never_recompiles(encoder):
     assert graphs_after_warm_up > 0  # the blocks did compile
     with torch._dynamo.config.patch(error_on_recompile=True):  # a recompile raises, naming its guard
         for seed in range(20):
-            step_grads(compiled, images(4, seed=100 + seed))
+            step_grads(compiled, to_model_input(images(4, seed=100 + seed), engine))
     assert counters["stats"]["unique_graphs"] == graphs_after_warm_up
 
 

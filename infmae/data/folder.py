@@ -45,9 +45,10 @@ class ImageFolderDataset(Dataset):
 
     ``dataset[i]`` returns ``(image, index, skipped)``:
 
-    - ``image``: ``[C', H, W]`` float32, normalised, where ``C' = in_chans`` for colour files and
-      ``C' = 1`` for gray files (repeated to ``in_chans`` on the device by :meth:`Batch.to`);
-      a colour file is averaged to gray when ``in_chans == 1``.
+    - ``image``: ``[C', H, W]`` float32, normalised (:meth:`SampleSpec.transform`), where
+      ``C' = in_chans`` for colour files and ``C' = 1`` for gray files (repeated to ``in_chans`` on the
+      device by :meth:`Batch.to`; before normalising when the per-channel statistics differ); a colour
+      file is averaged to gray when ``in_chans == 1``.
     - ``index``: the dataset position actually read (``i``, or its substitute).
     - ``skipped``: ``(path, reason)`` of each file that failed to decode and was replaced.
 

@@ -161,13 +161,14 @@ class InfMAE(nn.Module):
             )
         grid_size(imgs.shape[2], imgs.shape[3], op="InfMAE")
 
-    def _residual(self, x_BDHW: torch.Tensor) -> torch.Tensor:
-        """A conv stage's input in ``residual_dtype`` when autocast is on: the blocks' sums ``x + conv(..)``
-        then stay in bf16 (autocast's convs return bf16, its LayerNorms compute in fp32 and return fp32 to
-        the 1x1 conv that follows). Outside autocast (the fp32 reference) nothing changes."""
-        if self.residual_dtype is None or not torch.is_autocast_enabled(x_BDHW.device.type):
-            return x_BDHW
-        return x_BDHW.to(self.residual_dtype)
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """A conv stage's input (a map [B,d,H',W'] or the sparse encoder's tiles [B,K,T,T,d]) in
+        ``residual_dtype`` when autocast is on: the blocks' sums ``x + conv(..)`` then stay in bf16 (on CUDA
+        autocast's convs return bf16 while its LayerNorms return fp32, which would carry the stream in
+        fp32). Outside autocast (the fp32 reference) nothing changes."""
+        if self.residual_dtype is None or not torch.is_autocast_enabled(x.device.type):
+            return x
+        return x.to(self.residual_dtype)
 
     def forward_encoder(self, imgs_BCHW: torch.Tensor, masking: MaskOutputs | None = None) -> EncoderOutput:
         """-> latent [B,K,D] of the visible patches in rank order, and the masking used."""
@@ -177,11 +178,11 @@ class InfMAE(nn.Module):
             return EncoderOutput(sparse_encoder(self, imgs_BCHW, masking), masking)
         grid = (imgs_BCHW.shape[2] // PATCH, imgs_BCHW.shape[3] // PATCH)
 
-        x = self._residual(self.patch_embed1(imgs_BCHW))  # [B,d1,H/4,W/4]
+        x = self.residual(self.patch_embed1(imgs_BCHW))  # [B,d1,H/4,W/4]
         for block in self.blocks1:
             x = block(x, masking.visible_x4)
         skip1 = self.stage1_output_decode(x).flatten(2).transpose(1, 2)  # [B,L,D]
-        x = self._residual(self.patch_embed2(x))  # [B,d2,H/8,W/8]
+        x = self.residual(self.patch_embed2(x))  # [B,d2,H/8,W/8]
         for block in self.blocks2:
             x = block(x, masking.visible_x2)
         skip2 = self.stage2_output_decode(x).flatten(2).transpose(1, 2)  # [B,L,D]

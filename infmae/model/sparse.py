@@ -17,9 +17,6 @@ matrix product over the last axis. The downsampling convs (kernel = stride = k, 
 matrix products too: each k x k block of a tile, flattened (ky, kx, channel), times the conv weight permuted
 to [out, ky, kx, in] (``conv_as_linear``): one GEMM over all visible tiles instead of a conv over B*K tiny
 images. The parameters are the dense model's own modules (same state-dict keys, checkpoints load unchanged).
-
-Compile: the tiles' sizes are marked static before each stage's blocks, so that a compiled CBlock (one code
-object for both stages) gets one static graph per tile size (4, then 2) instead of going dynamic on T.
 """
 
 from __future__ import annotations
@@ -85,15 +82,6 @@ def _patch_embed(embed, x_BKTTd: torch.Tensor, k: int) -> torch.Tensor:
     return embed.act(embed.norm(conv_as_linear(embed.proj, x_BKTTd, k)))
 
 
-def _static_tiles(x_BKTTd: torch.Tensor) -> torch.Tensor:
-    """Mark every size of a stage's input static for dynamo (eager: no effect on the values): a compiled CBlock
-    then specialises on T (4 at stage 1, 2 at stage 2) instead of recompiling once dynamic in T, and a ViT
-    block of stage 3 ([B,K,D] tokens) on K."""
-    if not torch.compiler.is_compiling():
-        torch._dynamo.mark_static(x_BKTTd)
-    return x_BKTTd
-
-
 def sparse_encoder(model, imgs_BCHW: torch.Tensor, masking: MaskOutputs) -> torch.Tensor:
     """The latent [B,K,D] of ``model.forward_encoder`` (an ``InfMAE``), from the visible patches only.
 
@@ -102,7 +90,9 @@ def sparse_encoder(model, imgs_BCHW: torch.Tensor, masking: MaskOutputs) -> torc
     unshard / reshard) is called as a module instead, as the dense path calls it, on the tiles seen as B*K
     small images. The CBlocks run as per-pixel matrix products plus ``depthwise_conv5x5_tiles`` on
     channels-last tiles (``CBlock`` in tile mode, called as a module so that per-block activation
-    checkpointing and compile apply as in the dense path), on tiles whose sizes are marked static.
+    checkpointing and compile apply as in the dense path). Each stage's input is in the model's
+    ``residual_dtype`` under autocast, as in the dense path. Compiled blocks get one static graph per tile
+    size (4, then 2): the engine compiles with ``dynamic=False`` (``infmae.training.engine``).
     """
     B, C, H, W = imgs_BCHW.shape
     h, w = H // PATCH, W // PATCH
@@ -113,13 +103,13 @@ def sparse_encoder(model, imgs_BCHW: torch.Tensor, masking: MaskOutputs) -> torc
 
     # stage 1: the visible patches as channels-last 16x16 tiles [B,K,16,16,C] -> tiles [B,K,4,4,d1]
     patches = imgs_BCHW.reshape(B, C, h, PATCH, w, PATCH).permute(0, 2, 4, 3, 5, 1).reshape(B, h * w, PATCH, PATCH, C)
-    x = _static_tiles(_patch_embed(model.patch_embed1, _gather_rows(patches, ids_keep), 4))
+    x = model.residual(_patch_embed(model.patch_embed1, _gather_rows(patches, ids_keep), 4))
     for block in model.blocks1:
         x = block(x, neighbours_BK9=neighbours, depthwise=depthwise)
     skip1 = _downsample(model.stage1_output_decode, x, 4).reshape(B, K, -1)  # [B,K,D]
 
     # stage 2: tiles [B,K,2,2,d2]
-    x = _static_tiles(_patch_embed(model.patch_embed2, x, 2))
+    x = model.residual(_patch_embed(model.patch_embed2, x, 2))
     for block in model.blocks2:
         x = block(x, neighbours_BK9=neighbours, depthwise=depthwise)
     skip2 = _downsample(model.stage2_output_decode, x, 2).reshape(B, K, -1)  # [B,K,D]
@@ -127,7 +117,7 @@ def sparse_encoder(model, imgs_BCHW: torch.Tensor, masking: MaskOutputs) -> torc
     # stage 3: one token per visible patch, [B,K,D]
     x = _patch_embed(model.patch_embed3, x, 2).reshape(B, K, -1)
     pos = model.position_embedding(model.pos_embed, (h, w))  # [1,L,D]
-    x = _static_tiles(model.patch_embed4(x) + _gather_rows(pos.expand(B, -1, -1), ids_keep))
+    x = model.patch_embed4(x) + _gather_rows(pos.expand(B, -1, -1), ids_keep)
     for block in model.blocks3:
         x = block(x)
     return model.norm(x + skip1 + skip2)

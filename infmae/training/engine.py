@@ -36,8 +36,11 @@ def compile_options(config: TrainConfig, device_type: str) -> dict:
 def prepare_model(module: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
     """Apply the memory-format and precision fields to ``module`` in place (before parallelisation and
     compile). Parameter names and values are unchanged, so checkpoints load and save as before."""
-    if config.channels_last:
-        # conv weights [O,I,k,k] get NHWC strides (the same values): cuDNN then runs NHWC kernels end to end
+    if config.channels_last and getattr(module.config, "encoder", "dense") == "dense":
+        # conv weights [O,I,k,k] get NHWC strides (the same values): cuDNN then runs NHWC kernels end to end.
+        # The sparse encoder runs no conv on a map (matrix products on channels-last tiles), so it gains
+        # nothing; and its tile blocks compiled with the aot_eager backend (the benchmarks' CPU dry run), NHWC
+        # weights and a channels-last batch fail a view at run time (torch 2.13; inductor runs them).
         module.to(memory_format=torch.channels_last)
     if config.bf16_residual and device.type == "cuda" and config.precision == "bf16":
         module.residual_dtype = torch.bfloat16
