@@ -47,6 +47,6 @@ def test_benchmarks_run_and_save(tmp_path):
     }
     assert {b["group"] for b in kernels} == {"token_gather smoke_C3 fwd", "token_gather smoke_C3 fwd+bwd"}
     train = {b["extra_info"]["variant"]: b for b in benchmarks if b["group"] == "train step"}
-    assert set(train) == {"reference", "engine_nocompile", "engine"}
+    assert set(train) == {"reference", "engine_default", "engine", "engine_nocompile", "engine_cuda_graphs"}
     assert train["engine"]["extra_info"]["compiled_graphs"] > 0 and train["reference"]["extra_info"]["img_per_s"] > 0
     assert all(b["stats"]["median"] > 0 for b in benchmarks)
