@@ -593,12 +593,19 @@ def dali_importable() -> bool:
         return False
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a SLURM or container limit, not the node's count)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def loader_workers_per_rank(cores: int | None = None, local_ranks: int | None = None) -> int:
-    """Reference-loader workers for one rank: its share of the node's cores less one for the training
+    """Reference-loader workers for one rank: its share of the usable cores less one for the training
     process itself, at least 2 (the CPU default)."""
     import os
 
-    cores = cores or os.cpu_count() or 1
+    cores = cores or usable_cores()
     local_ranks = local_ranks or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(2, cores // max(1, local_ranks) - 1)
 

@@ -7,6 +7,8 @@ from contextlib import nullcontext
 
 import torch
 
+from infmae.config import usable_cores
+
 
 def cpu_threads_for(cores: int, local_ranks: int, workers: int) -> int:
     """Compute threads for one training process: its share of the cores, less one per loader worker
@@ -22,8 +24,7 @@ def set_cpu_threads(requested: int, workers: int) -> int:
     if requested > 0:
         torch.set_num_threads(requested)
     elif "OMP_NUM_THREADS" not in os.environ:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(cpu_threads_for(cores, int(os.environ.get("LOCAL_WORLD_SIZE", 1)), workers))
+        torch.set_num_threads(cpu_threads_for(usable_cores(), int(os.environ.get("LOCAL_WORLD_SIZE", 1)), workers))
     return torch.get_num_threads()
 
 
