@@ -88,7 +88,7 @@ def count(variant: str, encoder: str, batch: int, steps: int, reference_loss: fl
     inductor_metrics.reset()
     model, optimizer, train = build(variant, encoder)
     gray = torch.randn(batch, 1, 96, 96, generator=torch.Generator().manual_seed(1))
-    images = to_model_input(gray.expand(-1, 3, -1, -1).contiguous(), train)
+    images = to_model_input(gray.expand(-1, 3, -1, -1).contiguous(), train, model)
     first_loss = float(forward_backward(model, images))  # warm-up (compiles), checked against the reference
     # relative 1e-5: tests/tolerances.py's 'compiled_step_loss' (bench/ imports no test code)
     if reference_loss is not None and abs(first_loss - reference_loss) > 1e-5 * abs(reference_loss):

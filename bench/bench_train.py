@@ -171,7 +171,7 @@ def build_step(
 
     def step():
         with autocast:
-            loss = model(to_model_input(images if next_images is None else next_images(), train)).loss
+            loss = model(to_model_input(images if next_images is None else next_images(), train, model)).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -154,12 +154,10 @@ def _config(args: argparse.Namespace) -> int:
     if args.action == "fields":
         print(format_fields(config))
     else:  # what a run on that device writes to its config.json
-        print(resolve_for_device(config, args.device or _default_device()).to_json())
+        from infmae.training.hardware import pick_device
+
+        print(resolve_for_device(config, args.device or pick_device(config.train.device).type).to_json())
     return 0
-
-
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _plot(args: argparse.Namespace) -> int:

@@ -326,7 +326,8 @@ class TrainConfig:
     compile: bool = False
     """torch.compile each conv and ViT block (the masking between them stays eager)."""
     engine: str = "auto"
-    """'engine' (the fast exact configuration: compile, channels-last conv stages, bf16 residual stream,
+    """'engine' (the fast configuration, exact up to summation order, bf16 and the 4e-5 uint16 wire:
+    compile, channels-last conv stages, bf16 residual stream,
     DALI when importable, cudnn.benchmark), 'reference' (every field as written: the specification's
     eager model) or 'auto' ('engine' on CUDA, 'reference' on the CPU). Resolved by
     ``infmae.config.resolve_for_device``; ``infmae config show --device cuda`` prints the result."""
@@ -619,7 +620,7 @@ def resolve_engine(engine: str, device: str) -> str:
 
 def resolve_for_device(config: Config, device: str) -> Config:
     """The configuration a run on ``device`` ('cpu' or 'cuda') uses: ``train.engine`` made explicit and,
-    for 'engine', the fast exact fields set. The trainer calls this once and writes the result to the run's
+    for 'engine', the fast fields set. The trainer calls this once and writes the result to the run's
     config.json; ``infmae config show --device`` prints the same. Idempotent; ``config`` is not modified.
 
     'engine' on CUDA: per-block torch.compile (static shapes), channels-last conv stages, bf16 autocast with

@@ -17,8 +17,9 @@ TINY_MODEL = dict(
 )  # fmt: skip
 """A model of 16x16 patches small enough to train a few steps on a CPU in seconds."""
 
-TINY_TRAIN = dict(batch_size=4, warmup_epochs=1, blr=1e-2, log_every=1, visualize_every=0)
-"""Every step logged (the loss column is what resume tests compare), no pictures."""
+TINY_TRAIN = dict(batch_size=4, warmup_epochs=1, blr=1e-2, log_every=1, visualize_every=0, device="cpu")
+"""Every step logged (the loss column is what resume tests compare), no pictures, on the CPU (on a GPU host
+``auto`` would resolve to the engine)."""
 
 
 def tiny_model(**overrides) -> ModelConfig:

@@ -123,6 +123,22 @@ def test_two_ranks_match_one_process_and_stay_identical(tmp_path, data, single, 
         torch.testing.assert_close(ranks[0]["accum"][step], ranks[0]["big"][step], **tol("accumulation_params"))
 
 
+def _job_channels_last(rank, data, out, parallel):
+    trainer = Trainer(tiny_config(data, max_steps=1, parallel=parallel, channels_last=True), out / parallel)
+    assert trainer.fit().steps == 1
+    weight = trainer.module.patch_embed1.proj.weight
+    weight = weight.to_local() if hasattr(weight, "to_local") else weight
+    # FSDP2 refuses non-contiguous parameters: its weights stay NCHW, DDP's take NHWC strides
+    assert weight.is_contiguous(memory_format=torch.channels_last) == (parallel == "ddp")
+
+
+@pytest.mark.slow
+def test_the_engines_channels_last_runs_under_fsdp_and_ddp(tmp_path, data):
+    """The engine sets channels_last on CUDA, and the default multi-rank mode is FSDP2: a run must start."""
+    for parallel in ("fsdp", "ddp"):
+        spawn(_job_channels_last, data, tmp_path, parallel)
+
+
 # ----------------------------------------------------------------------------------------------
 # exact resume on 2 ranks; a rank killed during a save
 # ----------------------------------------------------------------------------------------------

@@ -117,8 +117,8 @@ def test_channels_last_step_equals_the_reference(encoder):
     assert nhwc == (encoder == "dense")
     imgs = images(4, seed=1)
     loss, grads = step_grads(reference, imgs)
-    engine_imgs = to_model_input(imgs, TrainConfig(channels_last=True))
-    assert engine_imgs.is_contiguous(memory_format=torch.channels_last)
+    engine_imgs = to_model_input(imgs, TrainConfig(channels_last=True), engine_model)
+    assert engine_imgs.is_contiguous(memory_format=torch.channels_last) == (encoder == "dense")
     engine_loss, engine_grads = step_grads(engine_model, engine_imgs)
     torch.testing.assert_close(engine_loss, loss, **tol("channels_last_loss"))
     _assert_grads_close(engine_grads, grads, "channels_last_grad")
@@ -156,7 +156,7 @@ def test_bf16_engine_stages_equal_the_reference_within_bf16(encoder):
     with torch.no_grad():
         latent, masking = reference.forward_encoder(imgs)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            engine_latent, engine_masking = engine_model.forward_encoder(to_model_input(imgs, engine))
+            engine_latent, engine_masking = engine_model.forward_encoder(to_model_input(imgs, engine, engine_model))
     assert [x.dtype for x in stage_inputs] == [torch.bfloat16, torch.bfloat16]
     for got, expected in zip(engine_masking, masking):
         assert torch.equal(got, expected)
@@ -186,7 +186,7 @@ def test_compiled_step_equals_eager_and_never_recompiles(encoder):
     apply_compile(compiled, **compile_options(engine, "cpu"))
     imgs = images(4, seed=4)
     loss, grads = step_grads(eager, imgs)
-    compiled_loss, compiled_grads = step_grads(compiled, to_model_input(imgs, engine))
+    compiled_loss, compiled_grads = step_grads(compiled, to_model_input(imgs, engine, compiled))
     torch.testing.assert_close(compiled_loss, loss, **tol("compiled_step_loss"))
     _assert_grads_close(compiled_grads, grads, "compiled_step_grad")
 
@@ -194,7 +194,7 @@ def test_compiled_step_equals_eager_and_never_recompiles(encoder):
     assert graphs_after_warm_up > 0  # the blocks did compile
     with torch._dynamo.config.patch(error_on_recompile=True):  # a recompile raises, naming its guard
         for seed in range(20):
-            step_grads(compiled, to_model_input(images(4, seed=100 + seed), engine))
+            step_grads(compiled, to_model_input(images(4, seed=100 + seed), engine, compiled))
     assert counters["stats"]["unique_graphs"] == graphs_after_warm_up
 
 
@@ -204,6 +204,19 @@ def test_a_config_written_before_the_engine_resumes_as_the_reference():
     old = Config.from_dict(saved)
     assert old.train.engine == "reference"
     assert resolve_for_device(old, "cuda").train.compile is False
+
+
+def test_a_pre_engine_checkpoint_refuses_a_resume_under_the_engine():
+    """Resuming with --preset (not the saved config.json) on CUDA resolves to the engine; the check reads the
+    saved config as a config, so the fields it predates count as their old values and the change is refused."""
+    from infmae.training.run_state import check_config
+
+    saved = json.loads(preset("paper_base").to_json())
+    for field in ("engine", "channels_last", "bf16_residual", "wire_uint16", "cuda_graphs"):
+        del saved["train"][field]
+    check_config(Config.from_dict(saved), saved)  # the same run resumes
+    with pytest.raises(ValueError, match="train.bf16_residual.*train.wire_uint16"):
+        check_config(resolve_for_device(preset("paper_base"), "cuda"), saved)
 
 
 @pytest.fixture(scope="module")

@@ -33,10 +33,18 @@ def compile_options(config: TrainConfig, device_type: str) -> dict:
     return {"dynamic": False, "mode": mode}
 
 
-def prepare_model(module: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
+def uses_channels_last(config: TrainConfig, module: nn.Module) -> bool:
+    """Whether the conv stages run in NHWC memory: ``channels_last`` with the dense encoder (the sparse one
+    runs no conv on a map: it already works on channels-last tiles)."""
+    return config.channels_last and getattr(module.config, "encoder", "dense") == "dense"
+
+
+def prepare_model(module: nn.Module, config: TrainConfig, device: torch.device, fsdp: bool = False) -> nn.Module:
     """Apply the memory-format and precision fields to ``module`` in place (before parallelisation and
-    compile). Parameter names and values are unchanged, so checkpoints load and save as before."""
-    if config.channels_last and getattr(module.config, "encoder", "dense") == "dense":
+    compile). Parameter names and values are unchanged, so checkpoints load and save as before.
+    ``fsdp``: the module will be sharded by FSDP2, which refuses non-contiguous parameters (torch 2.13):
+    its weights stay NCHW and only the batch is channels-last (cuDNN follows the input's layout)."""
+    if uses_channels_last(config, module) and not fsdp:
         # conv weights [O,I,k,k] get NHWC strides (the same values): cuDNN then runs NHWC kernels end to end.
         # The sparse encoder runs no conv on a map (matrix products on channels-last tiles), so it gains
         # nothing; and its tile blocks compiled with the aot_eager backend (the benchmarks' CPU dry run), NHWC
@@ -50,9 +58,9 @@ def prepare_model(module: nn.Module, config: TrainConfig, device: torch.device) 
     return module
 
 
-def to_model_input(images_BCHW: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+def to_model_input(images_BCHW: torch.Tensor, config: TrainConfig, module: nn.Module) -> torch.Tensor:
     """The batch in the model's memory format (channels-last when the conv stages run so)."""
-    if config.channels_last:
+    if uses_channels_last(config, module):
         return images_BCHW.contiguous(memory_format=torch.channels_last)
     return images_BCHW
 

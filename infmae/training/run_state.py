@@ -176,14 +176,16 @@ class RunState:
 
 
 def check_config(config: Config, saved: dict) -> None:
-    """Refuse a resume whose config changed in a field that changes results."""
+    """Refuse a resume whose config changed in a field that changes results. The saved config is read as
+    a config (``Config.from_dict``): a field it predates takes the value it had then (a run saved before
+    ``train.engine`` existed is the reference), so a field added since cannot slip past the check."""
     now = config.to_dict()
+    saved = Config.from_dict(saved).to_dict()
     changed = [
         f"{section}.{key}"
         for section in ("model", "data", "train")
         for key in now[section]
-        if key in saved[section]
-        and now[section][key] != saved[section][key]
+        if now[section][key] != saved[section][key]
         and key not in RESUME_MAY_CHANGE
         and (section, key) != ("data", "num_workers")
     ]

@@ -139,7 +139,8 @@ class Trainer:
         tc = self.config.train
         torch.manual_seed(tc.seed)
         # channels-last and bf16 residual where the engine set them (training/engine.py)
-        self.module = prepare_model(InfMAE(self.config.model).to(self.device), tc, self.device)
+        fsdp = self.distributed and tc.parallel == "fsdp"
+        self.module = prepare_model(InfMAE(self.config.model).to(self.device), tc, self.device, fsdp=fsdp)
         self.n_params = sum(p.numel() for p in self.module.parameters() if p.requires_grad)  # before sharding
         self.flops_per_image = self.module.flops_per_image()
         self.mesh = data_parallel_mesh(self.device, self.world_size) if self.distributed else None
@@ -274,7 +275,7 @@ class Trainer:
             for path, reason in batch.skipped:
                 self.skipped.setdefault(path, reason)
             images = batch.to(self.device, torch.float32, channels=self.config.model.in_chans, non_blocking=True).images
-            images = to_model_input(images, tc)  # channels-last when the model runs so
+            images = to_model_input(images, tc, self.module)  # channels-last when the model runs so
             with gradient_sync(self.model, self.parallel, micro == tc.accum_steps - 1):
                 with self.autocast:
                     out = self.model(images)
